@@ -1,0 +1,61 @@
+"""The one record every dataset is converted to, whatever its source schema.
+
+A record is either a *generation* item (prompt -> reference answer, scored by ROUGE-L or exact
+match) or a *multiple-choice* item (prompt + choices, scored by log-likelihood accuracy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+METRICS = ("rouge_l", "exact_match", "mc_accuracy")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction example in the kit's common format.
+
+    Attributes:
+        prompt: the full text the model is conditioned on (already formatted as an instruction).
+        answer: reference completion for generation metrics; for multiple choice, the correct choice text.
+        choices: candidate completions for multiple choice, else ``None``.
+        label: index of the correct choice for multiple choice, else ``None``.
+        domain: domain or category name, used for non-IID partitioning and per-domain scores.
+        metric: how the example is scored: one of ``METRICS``.
+    """
+
+    prompt: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+    label: int | None = None
+    domain: str = "general"
+    metric: str = "rouge_l"
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; use one of {METRICS}")
+        if self.metric == "mc_accuracy":
+            if not self.choices or self.label is None or not 0 <= self.label < len(self.choices):
+                raise ValueError("a multiple-choice Example needs `choices` and a `label` indexing into them")
+            if self.choices[self.label] != self.answer:
+                raise ValueError("for multiple choice, `answer` must equal choices[label]")
+
+    @property
+    def target(self) -> str:
+        """The completion trained on: the answer text (the correct choice for multiple choice)."""
+        return self.answer
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (choices as a list)."""
+        d = asdict(self)
+        if d["choices"] is not None:
+            d["choices"] = list(d["choices"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Example:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        if d.get("choices") is not None:
+            d["choices"] = tuple(d["choices"])
+        return cls(**d)
