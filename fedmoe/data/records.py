@@ -10,6 +10,19 @@ from dataclasses import asdict, dataclass
 
 METRICS = ("rouge_l", "exact_match", "mc_accuracy")
 
+PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+PROMPT_TEMPLATE_WITH_CONTEXT = "### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n### Response:\n"
+
+
+def format_prompt(instruction: str, context: str | None = None) -> str:
+    """Format an instruction (and optional input/context) in the kit's Alpaca-style prompt template.
+
+    Every dataset, offline or real, uses this template so that models, metrics and plots compare alike.
+    """
+    if context:
+        return PROMPT_TEMPLATE_WITH_CONTEXT.format(instruction=instruction.strip(), context=context.strip())
+    return PROMPT_TEMPLATE.format(instruction=instruction.strip())
+
 
 @dataclass(frozen=True)
 class Example:
