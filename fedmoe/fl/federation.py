@@ -1,0 +1,131 @@
+"""The federation's shared world, rebuilt identically from a config in every process.
+
+A :class:`Federation` holds what both sides need and can derive from the run config alone: the
+base model and tokenizer, every client's data partition, the held-out test set, each client's
+device profile and the local-training settings. Because it is a pure function of the config,
+a Flower client in another process rebuilds exactly the same world as the in-process engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from fedmoe.config import RunConfig
+from fedmoe.data.records import Example
+
+if TYPE_CHECKING:
+    from fedmoe.fl.devices import DeviceProfile
+
+
+def client_seed(seed: int, round_: int, client_id: int) -> int:
+    """The seed a client uses in a round: independent of engine, process and execution order."""
+    return (seed * 1_000_003 + round_ * 10_007 + client_id) % (2**31 - 1)
+
+
+def sample_clients(seed: int, round_: int, num_clients: int, per_round: int) -> list[int]:
+    """Clients sampled in a round, a deterministic function of (seed, round) so resumed runs match."""
+    if not 0 < per_round <= num_clients:
+        raise ValueError(
+            f"clients_per_round={per_round} must be between 1 and num_clients={num_clients}; "
+            "lower fed.clients_per_round or raise fed.num_clients"
+        )
+    return sorted(random.Random(client_seed(seed, round_, -1)).sample(range(num_clients), per_round))
+
+
+@dataclass
+class Federation:
+    """Base model, data and devices of one run (see module docstring)."""
+
+    cfg: RunConfig
+    tokenizer: object
+    _base_model: torch.nn.Module
+    train_parts: list[list[Example]]
+    test_set: list[Example]
+    devices: list[DeviceProfile]
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, progress: bool = False) -> Federation:
+        """Build (or fetch from this process's cache) the world a config describes."""
+        return _cached_federation(_freeze(cfg.to_dict()), progress)
+
+    def base_model(self) -> torch.nn.Module:
+        """A fresh, trainable copy of the pretrained base model (the cached original is never touched)."""
+        model = copy.deepcopy(self._base_model)
+        model.train()
+        return model
+
+    @property
+    def base_config(self):
+        """The HF config of the base model."""
+        return self._base_model.config
+
+    def client_data(self, client_id: int) -> list[Example]:
+        """Client ``client_id``'s local training examples."""
+        return self.train_parts[client_id]
+
+    @property
+    def train_set(self) -> list[Example]:
+        """All clients' training data together (for the centralised reference)."""
+        return [ex for part in self.train_parts for ex in part]
+
+    def train_config(self, client_id: int, round_: int, **overrides):
+        """Local-training settings of one client in one round (seeded per client and round)."""
+        from fedmoe.train import TrainConfig
+
+        fed = self.cfg.fed
+        kwargs = dict(
+            lr=fed.lr,
+            batch_size=fed.batch_size,
+            steps=fed.local_steps,
+            max_length=fed.max_length,
+            seed=client_seed(self.cfg.seed, round_, client_id),
+        )
+        kwargs.update(overrides)
+        return TrainConfig(**kwargs)
+
+
+def _freeze(d):
+    """Hashable form of a nested dict (for the per-process cache)."""
+    if isinstance(d, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in d.items()))
+    if isinstance(d, list):
+        return tuple(_freeze(v) for v in d)
+    return d
+
+
+def _thaw(t):
+    if isinstance(t, tuple) and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in t):
+        return {k: _thaw(v) for k, v in t}
+    if isinstance(t, tuple):
+        return [_thaw(v) for v in t]
+    return t
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_federation(frozen_cfg, progress: bool) -> Federation:
+    from fedmoe.config import from_dict
+    from fedmoe.data.task_data import load_task_data
+    from fedmoe.data.partition import partition
+    from fedmoe.fl.devices import get_fleet
+    from fedmoe.moe.loading import load_base_model
+
+    cfg = from_dict(_thaw(frozen_cfg))
+    model, tokenizer = load_base_model(cfg.model, seed=cfg.seed, progress=progress)
+    model.requires_grad_(False)
+    train, test = load_task_data(cfg.data, seed=cfg.seed)
+    parts = partition(
+        train,
+        cfg.fed.num_clients,
+        scheme=cfg.data.partition,
+        alpha=cfg.data.alpha,
+        domains_per_client=cfg.data.domains_per_client,
+        seed=cfg.seed,
+    )
+    devices = get_fleet(cfg.cost.fleet).assign(cfg.fed.num_clients, seed=cfg.seed)
+    return Federation(cfg, tokenizer, model, parts, test, devices)

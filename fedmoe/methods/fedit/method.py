@@ -1,0 +1,137 @@
+"""FedIT (Zhang et al., 2024): every client trains the same LoRA adapter; the server averages it (FedAvg).
+
+On an MoE base model the adapter sits on every expert (peft ``target_parameters``) and, by default,
+on the attention projections. Two reference lines share the plumbing: :class:`Central` trains one
+adapter on the union of all clients' data (the upper bound), :class:`LocalOnly` lets each client
+train its own adapter and never aggregates (the lower bound non-IID data gives).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from fedmoe.fl.aggregate import weighted_average
+from fedmoe.fl.contract import ClientTask, ClientUpdate
+from fedmoe.fl.pricing import training_work
+from fedmoe.methods.base import Method, register
+from fedmoe.moe.lora import add_expert_lora, lora_state_dict, set_lora_state_dict
+from fedmoe.train import finetune
+
+
+@dataclass
+class FedITArgs:
+    """FedIT options: LoRA rank, scaling ``alpha`` and whether attention projections get LoRA too."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    attention: bool = True
+
+
+@register("fedit")
+class FedIT(Method):
+    """Homogeneous LoRA with FedAvg weighted by client example counts."""
+
+    Args = FedITArgs
+
+    def __init__(self, fed, args=None):
+        super().__init__(fed, args)
+        torch.manual_seed(fed.cfg.seed)
+        self._server = self._with_lora(fed.base_model())
+        self.global_state = lora_state_dict(self._server)
+        self._local = None
+
+    def _with_lora(self, model):
+        return add_expert_lora(model, r=self.args.rank, alpha=self.args.alpha, attention=self.args.attention)
+
+    def _local_model(self):
+        """This process's client model (base + adapter), built once; tasks overwrite its adapter."""
+        if self._local is None:
+            self._local = copy.deepcopy(self._server)
+        return self._local
+
+    def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
+        return [ClientTask(c, round_, dict(self.global_state)) for c in clients]
+
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        return self.train_adapter(task, self.fed.client_data(task.client_id))
+
+    def train_adapter(self, task: ClientTask, examples, **train_overrides) -> ClientUpdate:
+        """Load the task's adapter, fine-tune it on ``examples``, return the new adapter and diagnostics."""
+        model = self._local_model()
+        set_lora_state_dict(model, task.tensors)
+        params = [p for p in model.parameters() if p.requires_grad]
+        cfg = self.fed.train_config(task.client_id, task.round, **train_overrides)
+        stats = finetune(model, self.fed.tokenizer, examples, cfg, params=params, progress=False)
+        state = lora_state_dict(model)
+        update = ClientUpdate(
+            task.client_id, task.round, state, num_examples=len(examples),
+            metrics={"loss": stats.loss, "steps": stats.steps, "tokens": stats.tokens},
+            expert_tokens=stats.expert_tokens,
+        )
+        update.work = training_work(self.fed, tokens=stats.tokens,
+                                    trainable_params=sum(p.numel() for p in params),
+                                    bytes_down=task.bytes_down, bytes_up=update.bytes_up)
+        return update
+
+    def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
+        self.global_state = weighted_average([u.tensors for u in updates], [u.num_examples for u in updates])
+        return {"clients": len(updates)}
+
+    def eval_model(self):
+        set_lora_state_dict(self._server, self.global_state)
+        self._server.eval()
+        return self._server
+
+    def state_dict(self):
+        return {"global": self.global_state}
+
+    def load_state_dict(self, state):
+        self.global_state = state["global"]
+
+
+@register("central")
+class Central(FedIT):
+    """Reference: one adapter trained on all clients' data pooled, as many steps per round as all clients."""
+
+    def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
+        return [ClientTask(0, round_, dict(self.global_state), {"steps_scale": len(clients)})]
+
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        steps = self.fed.cfg.fed.local_steps * task.plan["steps_scale"]
+        return self.train_adapter(task, self.fed.train_set, steps=steps)
+
+
+@register("local")
+class LocalOnly(FedIT):
+    """Reference: each client trains its own adapter on its own data and never shares it.
+
+    The reported score is the mean over all clients' adapters evaluated on the common test set.
+    """
+
+    def __init__(self, fed, args=None):
+        super().__init__(fed, args)
+        self.client_states = {c: dict(self.global_state) for c in range(fed.cfg.fed.num_clients)}
+
+    def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
+        return [ClientTask(c, round_, dict(self.client_states[c])) for c in clients]
+
+    def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
+        for u in updates:
+            self.client_states[u.client_id] = u.tensors
+        return {"clients": len(updates)}
+
+    def eval_models(self):
+        """One model per client: the runner averages their scores."""
+        for c in sorted(self.client_states):
+            set_lora_state_dict(self._server, self.client_states[c])
+            self._server.eval()
+            yield self._server
+
+    def state_dict(self):
+        return {"clients": self.client_states}
+
+    def load_state_dict(self, state):
+        self.client_states = state["clients"]

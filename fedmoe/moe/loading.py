@@ -1,0 +1,34 @@
+"""Load the base MoE model a run names: a zoo model (pretrained offline by the kit) or a local checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def load_base_model(model_cfg, *, seed: int = 0, progress: bool = False):
+    """Return ``(model, tokenizer)`` for a :class:`fedmoe.config.ModelConfig`.
+
+    ``model_cfg.path`` (a local HF checkpoint directory, e.g. a downloaded OLMoE-1B-7B) wins over the
+    zoo name. Supported families are checked so an unsupported model fails here, not mid-run.
+    """
+    from fedmoe.moe.layers import moe_layers
+
+    if model_cfg.path:
+        path = Path(model_cfg.path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model path {path} does not exist: point model.path at a local Hugging Face checkpoint "
+                "directory (config.json + weights), or unset it to use a zoo model"
+            )
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        from fedmoe.moe.zoo import load_pretrained
+
+        model, tokenizer = load_pretrained(model_cfg.name, scale=model_cfg.scale, seed=seed, progress=progress)
+    moe_layers(model)  # raises a clear error for an unsupported family
+    return model, tokenizer

@@ -1,0 +1,56 @@
+"""Matplotlib figures from run folders: score against rounds and against simulated time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from fedmoe.results import curve, load_config_dict
+
+X_LABELS = {"round": "round", "sim_time": "simulated time (s)", "wall_time": "wall-clock time (s)"}
+
+
+def run_label(folder: str | Path) -> str:
+    """A legend label for a run: its method name."""
+    return load_config_dict(folder)["method"]
+
+
+def plot_runs(
+    folders: Sequence[str | Path],
+    *,
+    x: str = "round",
+    y: str = "score",
+    labels: Sequence[str] | None = None,
+    ax=None,
+    target: float | None = None,
+    title: str | None = None,
+):
+    """Plot ``y`` against ``x`` for each run folder on one axis; returns the figure."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.6))
+    labels = list(labels) if labels is not None else [run_label(f) for f in folders]
+    for folder, label in zip(folders, labels, strict=True):
+        xs, ys = curve(folder, x, y)
+        ax.plot(xs, ys, marker="o", ms=3, label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
+    ax.set_xlabel(X_LABELS.get(x, x))
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def save_figure(fig, path: str | Path) -> list[Path]:
+    """Save a figure as PNG and PDF (creating the folder); returns the written paths."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for p in out:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    return out

@@ -1,0 +1,29 @@
+"""Shared test setup: offline Hugging Face, quiet warnings, and the `tiny_moe` model factory."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def build_tiny_moe(family: str, *, seed: int = 0, **config_overrides):
+    """A tiny random-init causal LM of ``family`` in eval mode (see fedmoe.moe.families.tiny_config)."""
+    import transformers
+
+    from fedmoe.moe.families import tiny_config
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(family, **config_overrides))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_moe():
+    """Factory fixture: ``tiny_moe(family, seed=0, **tiny_config_overrides) -> model`` (fresh each call)."""
+    return build_tiny_moe
