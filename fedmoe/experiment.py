@@ -145,8 +145,7 @@ def price_round(fed: Federation, method, round_: int, updates: list[ClientUpdate
     for u in updates:
         work = ClientWork(**u.work)
         times[u.client_id] = client_time(work, fed.devices[u.client_id])
-    rt = round_time(list(times.values()), server_seconds=fed.cfg.cost.server_seconds,
-                    overlap=method.overlap_seconds(round_, updates))
+    rt = round_time(list(times.values()), server_seconds=fed.cfg.cost.server_seconds, overlap=method.overlap(round_))
     return {
         "round_seconds": rt.total,
         "client_seconds": {str(c): t.total for c, t in times.items()},
@@ -155,7 +154,7 @@ def price_round(fed: Federation, method, round_: int, updates: list[ClientUpdate
         "bytes_down": {str(u.client_id): int(u.work.get("bytes_down", 0)) for u in updates},
         "peak_memory": {str(u.client_id): int(u.work.get("memory_bytes", 0)) for u in updates},
         "devices": {str(u.client_id): fed.devices[u.client_id].name for u in updates},
-        "cost_mode": fed.cfg.cost.mode,
+        "cost_mode": fed.cost.mode,
     }
 
 
@@ -166,8 +165,8 @@ def _evaluate_record(cfg, fed, method, r, sim_time, wall_time, record) -> dict:
             for model in method.eval_models()]
     scores = runs[0] if len(runs) == 1 else _average_scores(runs)
     base = {"round": r, "sim_time": sim_time, "wall_time": wall_time} if not record else record
-    return {**base, **{k: v for k, v in scores.items() if k != "per_domain"},
-            "per_domain": scores.get("per_domain", {})}
+    scalars = {k: v for k, v in scores.items() if isinstance(v, int | float)}
+    return {**base, **scalars, "per_domain": scores.get("per_domain", {})}
 
 
 def _average_scores(runs: list[dict]) -> dict:

@@ -21,7 +21,10 @@ def test_normalize_answer(text, expected):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nSo 48+24 = <<48+24=72>>72 altogether.\n#### 72", "72"),
+        (
+            "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nSo 48+24 = <<48+24=72>>72 altogether.\n#### 72",
+            "72",
+        ),
         ("It costs 5 per hour, so 240 * 5 = 1200.\n#### 1,200", "1200"),
         ("first 3 then 4 #### $18 and later 99", "18"),  # the first number after the marker
         ("The answer is 7.50 dollars, not 3.", "3"),  # no marker: the last number

@@ -121,10 +121,7 @@ def load_records(
     kind = kind or _infer_kind(table.columns, table.label)
     convert = _CONVERTERS[kind]
     indices = _subset(table.num_rows, limit, seed)
-    return [
-        convert(row, _Row(table, i, kind))
-        for i, row in zip(indices, table.take(indices), strict=True)
-    ]
+    return [convert(row, _Row(table, i, kind)) for i, row in zip(indices, table.take(indices), strict=True)]
 
 
 # ----------------------------------------------------------------------------------------- sources
@@ -241,8 +238,9 @@ def _read_csv(path: Path) -> _Table:
 
 def _csv_header(first: list[str]) -> list[str]:
     """The first record itself, or the lettered-MMLU columns when it is already data (Hendrycks' CSVs)."""
-    known = {col for sigs in _SIGNATURES.values() for sig in sigs for col in sig} | {"subject", "category"}
-    if len(first) == 6 and first[5].strip() in _LETTERS and not known & set(first):
+    names = {col for sigs in _SIGNATURES.values() for sig in sigs for col in sig} | {"subject", "category"}
+    names -= set(_LETTERS)  # an answer letter in the last cell is data, not a column name
+    if len(first) == 6 and first[5].strip() in _LETTERS and not names & set(first):
         return _LETTERED_MMLU
     return first
 
@@ -284,8 +282,13 @@ def _read_hub(name: str, config: str | None, split: str) -> _Table:
     label = f"Hub dataset {name!r} (config {config!r}, split {split!r})"
     if len(ds) == 0:
         raise DatasetFormatError(f"{label} holds no rows. Fix: choose another split")
-    return _Table(label, list(ds.column_names), len(ds), lambda idx: ds.select(idx).to_list(),
-                  lambda i: f"{label}, row {i}")
+    return _Table(
+        label,
+        list(ds.column_names),
+        len(ds),
+        lambda idx: ds.select(idx).to_list(),
+        lambda i: f"{label}, row {i}",
+    )
 
 
 def _kind_from_name(name: str) -> str | None:
@@ -330,6 +333,13 @@ class _Row:
         fix = fix or f"give every row the {self.kind} fields: {SCHEMAS[self.kind]}"
         return DatasetFormatError(f"{self.table.where(self.index)}: {problem}. Fix: {fix}")
 
+    def require(self, row: dict, *keys: str) -> None:
+        missing = [key for key in keys if row.get(key) is None]
+        if missing:
+            raise self.error(
+                f"missing field(s) {', '.join(map(repr, missing))} (fields present: {', '.join(row)})"
+            )
+
     def text(self, row: dict, key: str, *, nonempty: bool = False) -> str:
         if row.get(key) is None:
             raise self.error(f"missing field {key!r} (fields present: {', '.join(row)})")
@@ -357,16 +367,19 @@ class _Row:
 
 
 def _dolly(row: dict, at: _Row) -> Example:
+    at.require(row, "instruction", "context", "response", "category")
     prompt = format_prompt(at.text(row, "instruction", nonempty=True), at.text(row, "context"))
     return Example(prompt, at.text(row, "response"), domain=at.text(row, "category", nonempty=True))
 
 
 def _alpaca(row: dict, at: _Row) -> Example:
+    at.require(row, "instruction", "input", "output")
     prompt = format_prompt(at.text(row, "instruction", nonempty=True), at.text(row, "input"))
     return Example(prompt, at.text(row, "output"), domain="general")
 
 
 def _gsm8k(row: dict, at: _Row) -> Example:
+    at.require(row, "question", "answer")
     answer = at.text(row, "answer")
     number = extract_gsm8k_answer(answer) if "####" in answer else None
     if number is None:
@@ -374,10 +387,13 @@ def _gsm8k(row: dict, at: _Row) -> Example:
             f"field 'answer' has no final '#### <number>' ({answer[-60:]!r})",
             "end each GSM8K answer with '#### <number>', as the published data does",
         )
-    return Example(format_prompt(at.text(row, "question", nonempty=True)), number, domain="math", metric="exact_match")
+    return Example(
+        format_prompt(at.text(row, "question", nonempty=True)), number, domain="math", metric="exact_match"
+    )
 
 
 def _mmlu(row: dict, at: _Row) -> Example:
+    at.require(row, "question", "answer")
     question = at.text(row, "question", nonempty=True)
     if "choices" not in row and "A" in row:  # lettered layout: A..D columns, answer letter
         choices = tuple(at.text(row, letter) for letter in _LETTERS)
@@ -398,11 +414,17 @@ def _mmlu(row: dict, at: _Row) -> Example:
         label = at.index_in(row, "answer", len(choices))
         subject = at.text(row, "subject", nonempty=True)
     return Example(
-        format_prompt(question), choices[label], choices, label, domain=subject or "mmlu", metric="mc_accuracy"
+        format_prompt(question),
+        choices[label],
+        choices,
+        label,
+        domain=subject or "mmlu",
+        metric="mc_accuracy",
     )
 
 
 def _piqa(row: dict, at: _Row) -> Example:
+    at.require(row, "goal", "sol1", "sol2", "label")
     choices = (at.text(row, "sol1"), at.text(row, "sol2"))
     label = at.index_in(row, "label", 2)
     prompt = format_prompt(at.text(row, "goal", nonempty=True))

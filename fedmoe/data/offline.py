@@ -71,6 +71,11 @@ class World:
     split: dict[str, tuple[tuple, tuple]] = field(default_factory=dict)  # domain -> (train keys, test keys)
 
 
+def _a(word: str) -> str:
+    """The word with its indefinite article ("an orange", "a red")."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def _name(rng: random.Random, kind: str, taken: set[str]) -> str:
     heads, mids, tails = _SYLLABLES[kind]
     for _ in range(1000):
@@ -140,14 +145,14 @@ def _fact_sentences(world: World, domain: str, key) -> list[str]:
     if domain == "animals":
         f = world.animals[key]
         return [f"The {key} is {f['colour']}.", f"The colour of the {key} is {f['colour']}.",
-                f"A {key} has {f['colour']} fur.", f"The {key} eats {f['diet']}.",
+                f"{_a(key).capitalize()} has {f['colour']} fur.", f"The {key} eats {f['diet']}.",
                 f"The diet of the {key} is {f['diet']}.", f"A hungry {key} looks for {f['diet']}.",
                 f"The {key} lives in the {f['habitat']}.", f"The habitat of the {key} is the {f['habitat']}.",
-                f"You can find a {key} in the {f['habitat']}."]
+                f"You can find {_a(key)} in the {f['habitat']}."]
     if domain == "people":
         f = world.people[key]
-        return [f"{key} is a {f['profession']}.", f"{key} works as a {f['profession']}.",
-                f"The profession of {key} is {f['profession']}.", f"By trade, {key} is a {f['profession']}.",
+        return [f"{key} is {_a(f['profession'])}.", f"{key} works as {_a(f['profession'])}.",
+                f"The profession of {key} is {f['profession']}.", f"By trade, {key} is {_a(f['profession'])}.",
                 f"{key} lives in {f['city']}.", f"{key} has a home in {f['city']}.",
                 f"The city of {key} is {f['city']}.", f"Every morning {key} walks through {f['city']}."]
     if domain == "materials":
@@ -274,11 +279,11 @@ def _dolly_item(world: World, rng: random.Random, domain: str, key) -> Example:
     if domain == "people":
         f = world.people[key]
         return Example(format_prompt(f"Who is {key}?"),
-                       f"{key} is a {f['profession']} who lives in {f['city']}.", domain=domain)
+                       f"{key} is {_a(f['profession'])} who lives in {f['city']}.", domain=domain)
     if domain == "materials":
         f = world.materials[key]
         return Example(format_prompt(f"Summarise what is known about {key}."),
-                       f"{key.capitalize()} is a {f['property']} material with a hardness of {f['hardness']}.",
+                       f"{key.capitalize()} is {_a(f['property'])} material with a hardness of {f['hardness']}.",
                        domain=domain)
     if domain == "arithmetic":
         a, op, b, c = key

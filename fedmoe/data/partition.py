@@ -66,14 +66,20 @@ def partition(
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0 for a Dirichlet split, got {alpha}")
         partitioner = DirichletPartitioner(
-            num_partitions=num_clients, partition_by="group", alpha=alpha, min_partition_size=min_size, seed=seed
+            num_partitions=num_clients,
+            partition_by="group",
+            alpha=alpha,
+            min_partition_size=min_size,
+            seed=seed,
         )
     else:
         partitioner = _pathological(num_clients, domains_per_client, sorted(set(groups)), by, seed)
     partitioner.dataset = ds
     try:
         with warnings.catch_warnings():  # Dirichlet resampling chatter; failure after 10 tries raises below
-            warnings.filterwarnings("ignore", message="The specified min_partition_size", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="The specified min_partition_size", category=UserWarning
+            )
             indices = [partitioner.load_partition(c)["idx"] for c in range(num_clients)]
     except ValueError as err:
         raise ValueError(
@@ -82,7 +88,8 @@ def partition(
         ) from err
 
     sizes = [len(ix) for ix in indices]
-    if sorted(i for ix in indices for i in ix) != list(range(n)):  # guards the invariant against library changes
+    # Guard the every-example-exactly-once invariant against changes in the library.
+    if sorted(i for ix in indices for i in ix) != list(range(n)):
         raise RuntimeError(f"{scheme} partition did not place every example exactly once")
     if min(sizes) < min_size:
         raise ValueError(

@@ -1,5 +1,6 @@
 """Evaluation: the papers' metrics (accuracy, exact match, ROUGE-L, multiple-choice log-likelihood)."""
 
+from fedmoe.eval.evaluate import evaluate
 from fedmoe.eval.metrics import (
     accuracy,
     exact_match,
@@ -11,6 +12,7 @@ from fedmoe.eval.metrics import (
 
 __all__ = [
     "accuracy",
+    "evaluate",
     "exact_match",
     "extract_gsm8k_answer",
     "mc_accuracy",

@@ -84,7 +84,9 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 def _check_lengths(what: str, predictions: Sequence, labels: Sequence) -> None:
     if len(predictions) != len(labels):
-        raise ValueError(f"{what}: got {len(predictions)} predictions but {len(labels)} labels; pass one each")
+        raise ValueError(
+            f"{what}: got {len(predictions)} predictions but {len(labels)} labels; pass one each"
+        )
     if not labels:
         raise ValueError(f"{what}: no examples to score; pass at least one prediction and label")
 

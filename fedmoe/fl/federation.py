@@ -20,6 +20,7 @@ from fedmoe.config import RunConfig
 from fedmoe.data.records import Example
 
 if TYPE_CHECKING:
+    from fedmoe.fl.cost import CostModel
     from fedmoe.fl.devices import DeviceProfile
 
 
@@ -48,6 +49,7 @@ class Federation:
     train_parts: list[list[Example]]
     test_set: list[Example]
     devices: list[DeviceProfile]
+    cost: CostModel
 
     @classmethod
     def from_config(cls, cfg: RunConfig, progress: bool = False) -> Federation:
@@ -64,6 +66,11 @@ class Federation:
     def base_config(self):
         """The HF config of the base model."""
         return self._base_model.config
+
+    @property
+    def priced_config(self):
+        """The architecture the cost model prices: the base model's, or a paper-scale one in projection."""
+        return self.cost.priced_config(self._base_model.config)
 
     def client_data(self, client_id: int) -> list[Example]:
         """Client ``client_id``'s local training examples."""
@@ -112,7 +119,7 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
     from fedmoe.config import from_dict
     from fedmoe.data.task_data import load_task_data
     from fedmoe.data.partition import partition
-    from fedmoe.fl.devices import get_fleet
+    from fedmoe.fl.cost import CostModel
     from fedmoe.moe.loading import load_base_model
 
     cfg = from_dict(_thaw(frozen_cfg))
@@ -127,5 +134,6 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
         domains_per_client=cfg.data.domains_per_client,
         seed=cfg.seed,
     )
-    devices = get_fleet(cfg.cost.fleet).assign(cfg.fed.num_clients, seed=cfg.seed)
-    return Federation(cfg, tokenizer, model, parts, test, devices)
+    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.seed,
+                           server_seconds=cfg.cost.server_seconds)
+    return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)

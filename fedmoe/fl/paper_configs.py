@@ -31,7 +31,8 @@ class PaperArch:
     """A paper-scale architecture: how to build its config and the sizes its authors publish.
 
     ``published_total`` / ``published_active``: parameter counts from the model card or paper
-    (``active`` = parameters used per token, as each publisher counts them; see ``note``).
+    (``active`` = parameters used per token, as each publisher counts them: with the input embedding
+    unless ``active_counts_embedding`` is False; see ``note``).
     """
 
     name: str
@@ -40,6 +41,7 @@ class PaperArch:
     published_total: float
     published_active: float
     approximate: bool = False
+    active_counts_embedding: bool = True
     note: str = ""
 
 
@@ -119,6 +121,7 @@ PAPER_ARCHS: dict[str, PaperArch] = {
         PaperArch("mixtral-8x7b", "mistralai/Mixtral-8x7B-v0.1", _mixtral_8x7b, 46.7e9, 12.9e9,
                   note="Mistral AI: 46.7B total, 12.9B used per token."),
         PaperArch("deepseek-v2-lite", "deepseek-ai/DeepSeek-V2-Lite", _deepseek_v2_lite, 15.7e9, 2.4e9,
+                  active_counts_embedding=False,
                   note="DeepSeek-V2 paper: 15.7B total, 2.4B activated (their count leaves out the "
                   "input embedding)."),
         PaperArch("qwen1.5-moe-a2.7b", "Qwen/Qwen1.5-MoE-A2.7B", _qwen15_moe_a27b, 14.3e9, 2.7e9,

@@ -96,6 +96,9 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
 
-    def overlap_seconds(self, round_: int, updates: list[ClientUpdate]) -> float:
-        """Simulated client seconds hidden behind the server phase (e.g. FLUX's stale profiling)."""
+    def overlap(self, round_: int) -> float:
+        """Fraction of clients' forward-only work hidden behind the server phase (FLUX's stale profiling).
+
+        See :func:`fedmoe.fl.cost.round_time`; 0 means a synchronous round.
+        """
         return 0.0

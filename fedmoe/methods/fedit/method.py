@@ -15,9 +15,9 @@ import torch
 
 from fedmoe.fl.aggregate import weighted_average
 from fedmoe.fl.contract import ClientTask, ClientUpdate
-from fedmoe.fl.pricing import training_work
+from fedmoe.fl.pricing import lora_params, payload_bytes, training_work
 from fedmoe.methods.base import Method, register
-from fedmoe.moe.lora import add_expert_lora, lora_state_dict, set_lora_state_dict
+from fedmoe.moe.lora import add_expert_lora, load_lora_state_dict, lora_state_dict
 from fedmoe.train import finetune
 
 
@@ -44,7 +44,8 @@ class FedIT(Method):
         self._local = None
 
     def _with_lora(self, model):
-        return add_expert_lora(model, r=self.args.rank, alpha=self.args.alpha, attention=self.args.attention)
+        targets = ["q_proj", "v_proj"] if self.args.attention else []
+        return add_expert_lora(model, r=self.args.rank, alpha=self.args.alpha, target_modules=targets)
 
     def _local_model(self):
         """This process's client model (base + adapter), built once; tasks overwrite its adapter."""
@@ -61,27 +62,37 @@ class FedIT(Method):
     def train_adapter(self, task: ClientTask, examples, **train_overrides) -> ClientUpdate:
         """Load the task's adapter, fine-tune it on ``examples``, return the new adapter and diagnostics."""
         model = self._local_model()
-        set_lora_state_dict(model, task.tensors)
+        load_lora_state_dict(model, task.tensors)
         params = [p for p in model.parameters() if p.requires_grad]
         cfg = self.fed.train_config(task.client_id, task.round, **train_overrides)
         stats = finetune(model, self.fed.tokenizer, examples, cfg, params=params, progress=False)
         state = lora_state_dict(model)
         update = ClientUpdate(
             task.client_id, task.round, state, num_examples=len(examples),
-            metrics={"loss": stats.loss, "steps": stats.steps, "tokens": stats.tokens},
-            expert_tokens=stats.expert_tokens,
+            metrics={"loss": stats.mean_loss, "steps": stats.steps, "tokens": stats.tokens},
+            expert_tokens=stats.expert_counts.tolist() if stats.expert_counts is not None else [],
         )
-        update.work = training_work(self.fed, tokens=stats.tokens,
-                                    trainable_params=sum(p.numel() for p in params),
-                                    bytes_down=task.bytes_down, bytes_up=update.bytes_up)
+        update.work = self.price(task, update, stats)
         return update
+
+    def price(self, task: ClientTask, update: ClientUpdate, stats) -> dict[str, float]:
+        """Cost-model inputs: LoRA training on the priced architecture (see :mod:`fedmoe.fl.pricing`)."""
+        lora = lora_params(self.fed.priced_config, self.args.rank, attention=self.args.attention)
+        cfg = self.fed.cfg.fed
+        return training_work(
+            self.fed, tokens=stats.tokens, seq_len=stats.tokens / max(stats.examples, 1),
+            batch_tokens=cfg.batch_size * cfg.max_length, trainable_params=lora.total,
+            trainable_active=lora.active, adapter_active=lora.active,
+            bytes_down=payload_bytes(self.fed, task.bytes_down, lora.total),
+            bytes_up=payload_bytes(self.fed, update.bytes_up, lora.total),
+        )
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
         self.global_state = weighted_average([u.tensors for u in updates], [u.num_examples for u in updates])
         return {"clients": len(updates)}
 
     def eval_model(self):
-        set_lora_state_dict(self._server, self.global_state)
+        load_lora_state_dict(self._server, self.global_state)
         self._server.eval()
         return self._server
 
@@ -126,7 +137,7 @@ class LocalOnly(FedIT):
     def eval_models(self):
         """One model per client: the runner averages their scores."""
         for c in sorted(self.client_states):
-            set_lora_state_dict(self._server, self.client_states[c])
+            load_lora_state_dict(self._server, self.client_states[c])
             self._server.eval()
             yield self._server
 
