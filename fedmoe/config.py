@@ -70,13 +70,17 @@ class CostConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one federated run needs; ``method_args`` holds the method's own options."""
+    """Everything one federated run needs; ``method_args`` holds the method's own options.
+
+    ``threads``: torch intra-op threads (1 is fastest for the tiny models on a small CPU; raise it
+    for paper-scale models on a CPU).
+    """
 
     name: str = "run"
     method: str = "fedit"
     seed: int = 0
     scale: str = "default"
-    engine: str = "inprocess"
+    threads: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     fed: FedConfig = field(default_factory=FedConfig)

@@ -84,6 +84,7 @@ def run(
     else:
         save_config(cfg, config_path)
 
+    torch.set_num_threads(cfg.threads)
     fed = Federation.from_config(cfg, progress=progress)
     method = get_method(cfg.method)(fed, cfg.method_args)
     execute = (executor_factory or in_process_executor)(method)

@@ -31,7 +31,9 @@ def test_views_and_wrappers(tiny_moe, family):
     model = tiny_moe(family)
     layer = moe_layers(model)[-1]
     w = layer.expert_weights(3)
-    assert torch.equal(w["gate_up_proj"], layer.gate_up_proj[3]) and torch.equal(w["down_proj"], layer.down_proj[3])
+    assert torch.equal(w["gate_up_proj"], layer.gate_up_proj[3]) and torch.equal(
+        w["down_proj"], layer.down_proj[3]
+    )
     with torch.no_grad():
         w["down_proj"].zero_()  # a view: writes through to the fused tensor
     assert layer.down_proj[3].abs().sum() == 0 and layer.down_proj[2].abs().sum() > 0
@@ -48,8 +50,11 @@ def test_views_and_wrappers(tiny_moe, family):
 def test_unsupported_family_is_a_clear_error():
     with pytest.raises(ValueError, match="supports model_type in"):
         tiny_config("llama")
-    llama = transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2))
+    llama = transformers.AutoModelForCausalLM.from_config(
+        transformers.LlamaConfig(
+            vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
     with pytest.raises(ValueError, match="Unsupported MoE family 'llama'"):
         moe_layers(llama)
     with pytest.raises(ValueError, match="top_k=9 exceeds"):

@@ -15,8 +15,10 @@ MASK[2, :2] = 0  # left padding
 def _hand_routing(model, **inputs):
     """Per MoE layer: top-k expert indices [B*S, k] recomputed from the router inputs and weights."""
     inputs_seen = {}
-    handles = [layer.gate.register_forward_pre_hook(lambda m, a, i=layer.index: inputs_seen.__setitem__(i, a[0]))
-               for layer in moe_layers(model)]
+    handles = [
+        layer.gate.register_forward_pre_hook(lambda m, a, i=layer.index: inputs_seen.__setitem__(i, a[0]))
+        for layer in moe_layers(model)
+    ]
     model(**inputs)
     for h in handles:
         h.remove()

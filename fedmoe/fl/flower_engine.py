@@ -90,6 +90,7 @@ def _client_method(cfg_json: str):
     from fedmoe.methods.base import get_method
 
     cfg = from_dict(json.loads(cfg_json))
+    torch.set_num_threads(cfg.threads)
     return get_method(cfg.method)(Federation.from_config(cfg), cfg.method_args)
 
 

@@ -39,17 +39,29 @@ class FamilySpec:
 FAMILIES: dict[str, FamilySpec] = {
     "mixtral": FamilySpec("mixtral", "num_local_experts", "intermediate_size", "softmax"),
     "qwen2_moe": FamilySpec(
-        "qwen2_moe", "num_experts", "moe_intermediate_size", "softmax",
-        shared_key="shared_expert_intermediate_size", dense_key="mlp_only_layers",
+        "qwen2_moe",
+        "num_experts",
+        "moe_intermediate_size",
+        "softmax",
+        shared_key="shared_expert_intermediate_size",
+        dense_key="mlp_only_layers",
     ),
     "olmoe": FamilySpec("olmoe", "num_experts", "intermediate_size", "softmax"),
     "deepseek_v2": FamilySpec(
-        "deepseek_v2", "n_routed_experts", "moe_intermediate_size", "softmax",
-        shared_key="n_shared_experts", dense_key="first_k_dense_replace",
+        "deepseek_v2",
+        "n_routed_experts",
+        "moe_intermediate_size",
+        "softmax",
+        shared_key="n_shared_experts",
+        dense_key="first_k_dense_replace",
     ),
     "deepseek_v3": FamilySpec(
-        "deepseek_v3", "n_routed_experts", "moe_intermediate_size", "sigmoid",
-        shared_key="n_shared_experts", dense_key="first_k_dense_replace",
+        "deepseek_v3",
+        "n_routed_experts",
+        "moe_intermediate_size",
+        "sigmoid",
+        shared_key="n_shared_experts",
+        dense_key="first_k_dense_replace",
     ),
 }
 
@@ -117,8 +129,14 @@ def tiny_config(
     if family == "mixtral":
         fields["num_key_value_heads"] = max(1, num_heads // 2)  # exercise grouped-query attention
     elif family == "qwen2_moe":
-        fields.update(intermediate_size=intermediate_size, shared_expert_intermediate_size=intermediate_size,
-                      decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=False, use_sliding_window=False)
+        fields.update(
+            intermediate_size=intermediate_size,
+            shared_expert_intermediate_size=intermediate_size,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            norm_topk_prob=False,
+            use_sliding_window=False,
+        )
     elif family in ("deepseek_v2", "deepseek_v3"):
         head = max(8, hidden_size // num_heads)
         fields.update(

@@ -21,7 +21,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
-    """The decoder module (the one holding ``layers`` and ``embed_tokens``) of a plain, causal-LM or peft model."""
+    """The decoder module (holding ``layers`` and ``embed_tokens``) of a plain, causal-LM or peft model."""
     for module in unwrap(model).modules():
         if isinstance(getattr(module, "layers", None), nn.ModuleList) and hasattr(module, "embed_tokens"):
             return module
@@ -101,7 +101,9 @@ class MoELayer:
     def expert_weights(self, e: int) -> dict[str, torch.Tensor]:
         """Views (no copy) of slot ``e``: ``gate_up_proj`` [2I, H] and ``down_proj`` [H, I]."""
         if not 0 <= e < self.num_experts:
-            raise IndexError(f"Expert {e} out of range: MoE layer {self.index} holds {self.num_experts} experts.")
+            raise IndexError(
+                f"Expert {e} out of range: MoE layer {self.index} holds {self.num_experts} experts."
+            )
         return {"gate_up_proj": self.gate_up_proj[e], "down_proj": self.down_proj[e]}
 
 

@@ -1,4 +1,4 @@
-"""Per-expert LoRA on fused MoE experts through peft ``target_parameters``, and access to one expert's adapter.
+"""Per-expert LoRA on fused MoE experts through peft ``target_parameters``; access to one expert's adapter.
 
 peft gives a fused parameter [E, out, in] one ``lora_A`` [E*r, in] and one ``lora_B`` [out, E*r]. Expert
 e owns ``A_e = lora_A[e*r:(e+1)*r]`` and ``B_e = lora_B[:, e::E]``, so its effective weight is
@@ -21,8 +21,15 @@ if TYPE_CHECKING:
 EXPERT_TARGETS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 
-def add_expert_lora(model: nn.Module, r: int = 8, alpha: float = 16, *, adapter_name: str = "default",
-                    init_lora_weights: bool = True, **lora_kwargs) -> PeftModel:
+def add_expert_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: float = 16,
+    *,
+    adapter_name: str = "default",
+    init_lora_weights: bool = True,
+    **lora_kwargs,
+) -> PeftModel:
     """Wrap ``model`` in a ``PeftModel`` giving every routed expert its own rank-``r`` LoRA on both fused
     tensors (``lora_dropout`` is 0: peft cannot apply dropout to parameter targets). Only the LoRA
     tensors train. ``lora_kwargs`` go to ``LoraConfig`` (e.g. ``target_modules`` to adapt more)."""
@@ -31,13 +38,19 @@ def add_expert_lora(model: nn.Module, r: int = 8, alpha: float = 16, *, adapter_
     if lora_kwargs.get("lora_dropout"):
         raise ValueError("lora_dropout must be 0 for LoRA on fused expert parameters (a peft restriction).")
     moe_layers(model)
-    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights=init_lora_weights,
-                             target_parameters=list(EXPERT_TARGETS), **{"target_modules": [], **lora_kwargs})
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        init_lora_weights=init_lora_weights,
+        target_parameters=list(EXPERT_TARGETS),
+        **{"target_modules": [], **lora_kwargs},
+    )
     return peft.get_peft_model(model, config, adapter_name=adapter_name)
 
 
 def expert_lora_wrappers(layer: MoELayer) -> dict[str, nn.Module]:
-    """The peft ``ParamWrapper`` of each fused tensor of ``layer`` ({parameter name: wrapper}); empty if none."""
+    """{parameter name: peft ``ParamWrapper``} for the fused tensors of ``layer`` (empty without LoRA)."""
     wrappers, module = {}, layer.block.experts
     while hasattr(module, "base_layer"):
         if hasattr(module, "parameter_name"):
@@ -64,12 +77,15 @@ def _positions(wrapper: nn.Module, adapter: str, expert: int) -> tuple[torch.Ten
     if not 0 <= expert < num:
         raise IndexError(f"Expert {expert} out of range; the fused tensor holds {num} experts.")
     device = wrapper.lora_A[adapter].weight.device
-    return (torch.arange(expert * r, (expert + 1) * r, device=device),
-            torch.arange(expert, r * num, num, device=device))
+    return (
+        torch.arange(expert * r, (expert + 1) * r, device=device),
+        torch.arange(expert, r * num, num, device=device),
+    )
 
 
-def expert_lora_slices(layer: MoELayer, experts: list[int], adapter: str = "default"
-                       ) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
+def expert_lora_slices(
+    layer: MoELayer, experts: list[int], adapter: str = "default"
+) -> list[tuple[nn.Parameter, int, torch.Tensor]]:
     """(parameter, dim, positions) of the LoRA entries of ``experts`` in ``layer`` (empty without LoRA)."""
     slices = []
     for wrapper in expert_lora_wrappers(layer).values():
@@ -81,8 +97,9 @@ def expert_lora_slices(layer: MoELayer, experts: list[int], adapter: str = "defa
     return slices
 
 
-def get_expert_lora(model: nn.Module, moe_layer_index: int, expert: int, adapter: str = "default"
-                    ) -> dict[str, torch.Tensor]:
+def get_expert_lora(
+    model: nn.Module, moe_layer_index: int, expert: int, adapter: str = "default"
+) -> dict[str, torch.Tensor]:
     """Copies of one expert's LoRA: ``{"gate_up_proj.lora_A": [r, H], "gate_up_proj.lora_B": [2I, r],
     "down_proj.lora_A": [r, I], "down_proj.lora_B": [H, r]}``."""
     _, wrappers = _wrappers(model, moe_layer_index)
@@ -94,8 +111,13 @@ def get_expert_lora(model: nn.Module, moe_layer_index: int, expert: int, adapter
     return out
 
 
-def set_expert_lora(model: nn.Module, moe_layer_index: int, expert: int, tensors: dict[str, torch.Tensor],
-                    adapter: str = "default") -> None:
+def set_expert_lora(
+    model: nn.Module,
+    moe_layer_index: int,
+    expert: int,
+    tensors: dict[str, torch.Tensor],
+    adapter: str = "default",
+) -> None:
     """Write one expert's LoRA (the dict :func:`get_expert_lora` returns) into the model, in place."""
     _, wrappers = _wrappers(model, moe_layer_index)
     expected = {f"{n}.lora_{ab}" for n in wrappers for ab in "AB"}
@@ -109,8 +131,9 @@ def set_expert_lora(model: nn.Module, moe_layer_index: int, expert: int, tensors
             b[:, cols] = tensors[f"{name}.lora_B"].to(b)
 
 
-def expert_lora_delta(model: nn.Module, moe_layer_index: int, expert: int, adapter: str = "default"
-                      ) -> dict[str, torch.Tensor]:
+def expert_lora_delta(
+    model: nn.Module, moe_layer_index: int, expert: int, adapter: str = "default"
+) -> dict[str, torch.Tensor]:
     """The weight change one expert's LoRA applies: ``{name: scaling * B_e @ A_e}`` shaped like that expert's
     ``gate_up_proj`` [2I, H] / ``down_proj`` [H, I]."""
     _, wrappers = _wrappers(model, moe_layer_index)
@@ -120,7 +143,9 @@ def expert_lora_delta(model: nn.Module, moe_layer_index: int, expert: int, adapt
 
 def lora_state_dict(model: nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
     """All adapter tensors of a peft model (detached copies), as peft saves them."""
-    return {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model, adapter_name=adapter).items()}
+    return {
+        k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model, adapter_name=adapter).items()
+    }
 
 
 def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter: str = "default") -> None:
@@ -129,4 +154,6 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapt
     result = peft.set_peft_model_state_dict(model, state, adapter_name=adapter)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
-        raise KeyError(f"LoRA state mismatch: missing {missing[:4]}, unexpected {list(result.unexpected_keys)[:4]}.")
+        raise KeyError(
+            f"LoRA state mismatch: missing {missing[:4]}, unexpected {list(result.unexpected_keys)[:4]}."
+        )

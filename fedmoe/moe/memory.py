@@ -72,8 +72,9 @@ def as_config(config: transformers.PretrainedConfig | dict) -> transformers.Pret
     """A config object from a config or a config dict with ``model_type`` (missing fields take defaults)."""
     if isinstance(config, dict):
         fields = dict(config)
-        return transformers.AutoConfig.for_model(config_family(fields), **{k: v for k, v in fields.items()
-                                                                            if k != "model_type"})
+        return transformers.AutoConfig.for_model(
+            config_family(fields), **{k: v for k, v in fields.items() if k != "model_type"}
+        )
     config_family(config)
     return config
 
@@ -84,8 +85,10 @@ def moe_layer_mask(config: transformers.PretrainedConfig | dict) -> list[bool]:
     family, n = config.model_type, config.num_hidden_layers
     if family == "qwen2_moe":
         only = set(config.mlp_only_layers or [])
-        return [i not in only and config.num_experts > 0 and (i + 1) % config.decoder_sparse_step == 0
-                for i in range(n)]
+        return [
+            i not in only and config.num_experts > 0 and (i + 1) % config.decoder_sparse_step == 0
+            for i in range(n)
+        ]
     if family in ("deepseek_v2", "deepseek_v3"):
         return [i >= (config.first_k_dense_replace or 0) for i in range(n)]
     return [True] * n
@@ -97,8 +100,11 @@ def _linear(part: str, fan_in: int, fan_out: int, bias: bool = False) -> list[Te
 
 
 def _mlp(part: str, hidden: int, inter: int, bias: bool = False) -> list[TensorSpec]:
-    return (_linear(part, hidden, inter, bias) + _linear(part, hidden, inter, bias)
-            + _linear(part, inter, hidden, bias))
+    return (
+        _linear(part, hidden, inter, bias)
+        + _linear(part, hidden, inter, bias)
+        + _linear(part, inter, hidden, bias)
+    )
 
 
 def _attention(config) -> list[TensorSpec]:
@@ -110,8 +116,11 @@ def _attention(config) -> list[TensorSpec]:
         if config.q_lora_rank is None:
             specs = _linear("attention", h, nh * qk)
         else:
-            specs = (_linear("attention", h, config.q_lora_rank, bias) + [TensorSpec("attention", (config.q_lora_rank,))]
-                     + _linear("attention", config.q_lora_rank, nh * qk))
+            specs = (
+                _linear("attention", h, config.q_lora_rank, bias)
+                + [TensorSpec("attention", (config.q_lora_rank,))]
+                + _linear("attention", config.q_lora_rank, nh * qk)
+            )
         return specs + (
             _linear("attention", h, config.kv_lora_rank + config.qk_rope_head_dim, bias)
             + [TensorSpec("attention", (config.kv_lora_rank,))]
@@ -120,18 +129,26 @@ def _attention(config) -> list[TensorSpec]:
         )
     nkv = config.num_key_value_heads or nh
     hd = getattr(config, "head_dim", None) or h // nh
-    qkv_bias = bool(getattr(config, "qkv_bias", False) if family == "qwen2_moe"
-                    else getattr(config, "attention_bias", False))
+    qkv_bias = bool(
+        getattr(config, "qkv_bias", False)
+        if family == "qwen2_moe"
+        else getattr(config, "attention_bias", False)
+    )
     o_bias = family == "olmoe" and bool(getattr(config, "attention_bias", False))
-    specs = (_linear("attention", h, nh * hd, qkv_bias) + _linear("attention", h, nkv * hd, qkv_bias)
-             + _linear("attention", h, nkv * hd, qkv_bias) + _linear("attention", nh * hd, h, o_bias))
+    specs = (
+        _linear("attention", h, nh * hd, qkv_bias)
+        + _linear("attention", h, nkv * hd, qkv_bias)
+        + _linear("attention", h, nkv * hd, qkv_bias)
+        + _linear("attention", nh * hd, h, o_bias)
+    )
     if family == "olmoe":
         specs += [TensorSpec("attention", (h,)), TensorSpec("attention", ((h // nh) * nkv,))]
     return specs
 
 
-def tensor_specs(config: transformers.PretrainedConfig | dict,
-                 experts_per_layer: int | list[int] | None = None) -> list[TensorSpec]:
+def tensor_specs(
+    config: transformers.PretrainedConfig | dict, experts_per_layer: int | list[int] | None = None
+) -> list[TensorSpec]:
     """Every parameter (and persistent buffer) of the causal LM that ``config`` describes.
 
     ``experts_per_layer``: routed-expert slots stored per MoE layer (int for all, or one per MoE layer),
@@ -154,14 +171,21 @@ def tensor_specs(config: transformers.PretrainedConfig | dict,
             continue
         s = slots[moe_i]
         moe_i += 1
-        specs += [TensorSpec("router", (num, h)), TensorSpec("experts", (s, 2 * inter, h), "experts"),
-                  TensorSpec("experts", (s, h, inter), "experts")]
+        specs += [
+            TensorSpec("router", (num, h)),
+            TensorSpec("experts", (s, 2 * inter, h), "experts"),
+            TensorSpec("experts", (s, h, inter), "experts"),
+        ]
         if config.model_type == "qwen2_moe":
             specs += _mlp("shared_experts", h, config.shared_expert_intermediate_size)
             specs += _linear("shared_experts", h, 1)
         elif config.model_type in ("deepseek_v2", "deepseek_v3"):
-            specs += _mlp("shared_experts", h, inter * config.n_shared_experts,
-                          bool(getattr(config, "mlp_bias", False)) and config.model_type == "deepseek_v2")
+            specs += _mlp(
+                "shared_experts",
+                h,
+                inter * config.n_shared_experts,
+                bool(getattr(config, "mlp_bias", False)) and config.model_type == "deepseek_v2",
+            )
         if config.model_type == "deepseek_v3":
             specs.append(TensorSpec("router", (num,), param=False))  # e_score_correction_bias buffer
     specs.append(TensorSpec("norms", (h,)))
@@ -177,12 +201,15 @@ def _experts_per_layer(value: int | list[int] | None, default: int, num_moe: int
         return [value] * num_moe
     value = [int(v) for v in value]
     if len(value) != num_moe:
-        raise ValueError(f"experts_per_layer has {len(value)} entries but the config has {num_moe} MoE layers.")
+        raise ValueError(
+            f"experts_per_layer has {len(value)} entries but the config has {num_moe} MoE layers."
+        )
     return value
 
 
-def param_counts(config: transformers.PretrainedConfig | dict,
-                 experts_per_layer: int | list[int] | None = None) -> ParamCounts:
+def param_counts(
+    config: transformers.PretrainedConfig | dict, experts_per_layer: int | list[int] | None = None
+) -> ParamCounts:
     """Parameter counts by part of the model ``config`` describes (see :class:`ParamCounts`)."""
     config = as_config(config)
     specs = [s for s in tensor_specs(config, experts_per_layer) if s.param]
@@ -192,8 +219,14 @@ def param_counts(config: transformers.PretrainedConfig | dict,
     expert = sum(s.numel // s.shape[0] for s in experts[:2])
     total = sum(by_part.values())
     top_k = min(config.num_experts_per_tok, min(slots, default=0))
-    return ParamCounts(**by_part, expert=expert, total=total, active=total - by_part["experts"]
-                       + top_k * expert * len(slots), num_moe_layers=len(slots), experts_per_layer=slots)
+    return ParamCounts(
+        **by_part,
+        expert=expert,
+        total=total,
+        active=total - by_part["experts"] + top_k * expert * len(slots),
+        num_moe_layers=len(slots),
+        experts_per_layer=slots,
+    )
 
 
 def _resolve_bits(bits: int | dict[str, int]) -> dict[str, int]:
@@ -205,21 +238,39 @@ def _resolve_bits(bits: int | dict[str, int]) -> dict[str, int]:
         if unknown:
             raise ValueError(f"Unknown bits keys {sorted(unknown)}; use 'experts', 'linears' and 'other'.")
         other = bits.get("other", 16)
-        resolved = {"experts": bits.get("experts", other), "linears": bits.get("linears", other), "other": other}
+        resolved = {
+            "experts": bits.get("experts", other),
+            "linears": bits.get("linears", other),
+            "other": other,
+        }
     if not set(resolved.values()) <= allowed or resolved["other"] < 16:
-        raise ValueError(f"bits {bits} not supported: experts/linears take 4, 8, 16 or 32; other takes 16 or 32.")
+        raise ValueError(
+            f"bits {bits} not supported: experts/linears take 4, 8, 16 or 32; other takes 16 or 32."
+        )
     return resolved
 
 
 def _tensor_bytes(spec: TensorSpec, bits: dict[str, int]) -> int:
-    b = bits["experts"] if spec.kind == "experts" else bits["linears"] if spec.kind == "linear" else bits["other"]
+    b = (
+        bits["experts"]
+        if spec.kind == "experts"
+        else bits["linears"]
+        if spec.kind == "linear"
+        else bits["other"]
+    )
     if b >= 16:
         return spec.numel * b // 8
-    return quantized_nbytes(spec.shape, "nf4" if b == 4 else "int8", "experts" if spec.kind == "experts" else "linear")
+    return quantized_nbytes(
+        spec.shape, "nf4" if b == 4 else "int8", "experts" if spec.kind == "experts" else "linear"
+    )
 
 
-def weight_bytes(config: transformers.PretrainedConfig | dict, *, experts_per_layer: int | list[int] | None = None,
-                 bits: int | dict[str, int] = 16) -> int:
+def weight_bytes(
+    config: transformers.PretrainedConfig | dict,
+    *,
+    experts_per_layer: int | list[int] | None = None,
+    bits: int | dict[str, int] = 16,
+) -> int:
     """Bytes of the model's weights (parameters and persistent buffers).
 
     ``bits``: one width for all, or {"experts": .., "linears": .., "other": ..} (``linears`` and
@@ -231,8 +282,9 @@ def weight_bytes(config: transformers.PretrainedConfig | dict, *, experts_per_la
     return sum(_tensor_bytes(s, resolved) for s in tensor_specs(config, experts_per_layer))
 
 
-def activation_elements_per_token(config: transformers.PretrainedConfig | dict,
-                                  experts_per_layer: int | list[int] | None = None) -> int:
+def activation_elements_per_token(
+    config: transformers.PretrainedConfig | dict, experts_per_layer: int | list[int] | None = None
+) -> int:
     """Activations kept for the backward pass per token (elements), an estimate:
 
     per decoder layer 8*H for attention (block input, norm output, q, k, v, attention output, o-proj
@@ -255,10 +307,17 @@ def activation_elements_per_token(config: transformers.PretrainedConfig | dict,
     return total + h + config.vocab_size
 
 
-def model_memory(config: transformers.PretrainedConfig | dict, *, experts_per_layer: int | list[int] | None = None,
-                 bits: int | dict[str, int] = 16, trainable_params: int = 0, grad_bytes_per_param: int = 2,
-                 optimizer_bytes_per_param: int = 8, batch_tokens: int = 0, activation_bytes: int = 2
-                 ) -> MemoryBreakdown:
+def model_memory(
+    config: transformers.PretrainedConfig | dict,
+    *,
+    experts_per_layer: int | list[int] | None = None,
+    bits: int | dict[str, int] = 16,
+    trainable_params: int = 0,
+    grad_bytes_per_param: int = 2,
+    optimizer_bytes_per_param: int = 8,
+    batch_tokens: int = 0,
+    activation_bytes: int = 2,
+) -> MemoryBreakdown:
     """Device memory for holding (and training part of) the model ``config`` describes.
 
     weights = :func:`weight_bytes`; grads = trainable_params * grad_bytes_per_param; optimizer =

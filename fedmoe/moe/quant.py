@@ -34,8 +34,10 @@ ABSMAX_BYTES = 4
 
 def _check_scheme(scheme: str) -> None:
     if scheme not in SCHEMES:
-        raise ValueError(f"Unknown quantization scheme {scheme!r}; choose one of {SCHEMES} "
-                         "(use 'nf4' for the papers' INT4).")
+        raise ValueError(
+            f"Unknown quantization scheme {scheme!r}; choose one of {SCHEMES} "
+            "(use 'nf4' for the papers' INT4)."
+        )
 
 
 def quantized_nbytes(shape: tuple[int, ...], scheme: str, kind: str = "experts") -> int:
@@ -117,17 +119,26 @@ def quantize_tensor(weight: torch.Tensor, scheme: str) -> tuple[torch.Tensor, in
         data, state = bnbf.quantize_blockwise(w, blocksize=BLOCK_8BIT)
         deq = bnbf.dequantize_blockwise(data, state)
     else:
-        data, state = bnbf.quantize_4bit(w, blocksize=BLOCK_4BIT, quant_type=scheme, compress_statistics=False)
+        data, state = bnbf.quantize_4bit(
+            w, blocksize=BLOCK_4BIT, quant_type=scheme, compress_statistics=False
+        )
         deq = bnbf.dequantize_4bit(data, state)
     stored = data.numel() * data.element_size() + state.absmax.numel() * state.absmax.element_size()
     return deq.reshape(weight.shape).to(weight.dtype), stored
 
 
 def _entry(name: str, kind: str, weight: torch.Tensor, deq: torch.Tensor, stored: int) -> TensorQuant:
-    diff = (weight.detach().double() - deq.double())
-    return TensorQuant(name, kind, tuple(weight.shape), weight.numel() * weight.element_size(), stored,
-                       float(diff.pow(2).sum()), float(weight.detach().double().pow(2).sum()),
-                       float(diff.abs().max()) if diff.numel() else 0.0)
+    diff = weight.detach().double() - deq.double()
+    return TensorQuant(
+        name,
+        kind,
+        tuple(weight.shape),
+        weight.numel() * weight.element_size(),
+        stored,
+        float(diff.pow(2).sum()),
+        float(weight.detach().double().pow(2).sum()),
+        float(diff.abs().max()) if diff.numel() else 0.0,
+    )
 
 
 def _quantized_linear(linear: nn.Linear, scheme: str) -> tuple[nn.Module, torch.Tensor, int]:
@@ -136,23 +147,35 @@ def _quantized_linear(linear: nn.Linear, scheme: str) -> tuple[nn.Module, torch.
     if scheme == "int8":
         new = bnb.nn.Linear8bitLt(*args, has_fp16_weights=False, threshold=0.0)
     else:
-        new = bnb.nn.Linear4bit(*args, compute_dtype=linear.weight.dtype, compress_statistics=False,
-                                quant_type=scheme)
+        new = bnb.nn.Linear4bit(
+            *args, compute_dtype=linear.weight.dtype, compress_statistics=False, quant_type=scheme
+        )
     new.load_state_dict(linear.state_dict())
     new = new.to(linear.weight.device)  # bitsandbytes quantizes when the weight is moved to a device
     weight = new.weight
     if scheme == "int8":
         deq = weight.data.float() * weight.SCB.float()[:, None] / 127.0
-        stored = weight.data.numel() * weight.data.element_size() + weight.SCB.numel() * weight.SCB.element_size()
+        stored = (
+            weight.data.numel() * weight.data.element_size() + weight.SCB.numel() * weight.SCB.element_size()
+        )
     else:
         state = weight.quant_state
         deq = bnbf.dequantize_4bit(weight.data, state)
-        stored = weight.data.numel() * weight.data.element_size() + state.absmax.numel() * state.absmax.element_size()
+        stored = (
+            weight.data.numel() * weight.data.element_size()
+            + state.absmax.numel() * state.absmax.element_size()
+        )
     return new, deq.reshape(linear.weight.shape).to(linear.weight.dtype), stored
 
 
-def quantize_model(model: nn.Module, scheme: str = "nf4", *, experts: bool = True, linears: bool = True,
-                   copy_model: bool = True) -> QuantReport:
+def quantize_model(
+    model: nn.Module,
+    scheme: str = "nf4",
+    *,
+    experts: bool = True,
+    linears: bool = True,
+    copy_model: bool = True,
+) -> QuantReport:
     """Quantize ``model`` (a deep copy unless ``copy_model=False``): expert tensors by fake-quant, decoder
     ``nn.Linear`` layers by bitsandbytes modules (see the module docstring). Used by FLUX's INT4
     profiling of the global model and the FMQ baseline. Returns the :class:`QuantReport`."""
@@ -165,8 +188,9 @@ def quantize_model(model: nn.Module, scheme: str = "nf4", *, experts: bool = Tru
             for name in ("gate_up_proj", "down_proj"):
                 param = getattr(layer.experts, name)
                 deq, stored = quantize_tensor(param, scheme)
-                report.tensors.append(_entry(f"layers.{layer.layer_idx}.mlp.experts.{name}", "experts",
-                                             param, deq, stored))
+                report.tensors.append(
+                    _entry(f"layers.{layer.layer_idx}.mlp.experts.{name}", "experts", param, deq, stored)
+                )
                 with torch.no_grad():
                     param.copy_(deq)
                 quantized.add(id(param))
@@ -175,7 +199,9 @@ def quantize_model(model: nn.Module, scheme: str = "nf4", *, experts: bool = Tru
             targets = [(n, m) for n, m in layer.named_modules() if type(m) is nn.Linear]
             for name, linear in targets:
                 new, deq, stored = _quantized_linear(linear, scheme)
-                report.tensors.append(_entry(f"layers.{layer_idx}.{name}.weight", "linear", linear.weight, deq, stored))
+                report.tensors.append(
+                    _entry(f"layers.{layer_idx}.{name}.weight", "linear", linear.weight, deq, stored)
+                )
                 parent_name, _, child = name.rpartition(".")
                 setattr(layer.get_submodule(parent_name) if parent_name else layer, child, new)
                 quantized.add(id(new.weight))

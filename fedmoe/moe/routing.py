@@ -27,8 +27,9 @@ class RoutingRecorder:
     excluded); ``sequences``: sequences seen (the batch index of recorded positions runs over all calls).
     """
 
-    def __init__(self, layers: list[MoELayer], score: str, *, positions: bool, probs: bool,
-                 exclude_padding: bool) -> None:
+    def __init__(
+        self, layers: list[MoELayer], score: str, *, positions: bool, probs: bool, exclude_padding: bool
+    ) -> None:
         self.num_layers = len(layers)
         self.num_experts = max(layer.num_router_experts for layer in layers)
         self.score = score
@@ -55,7 +56,7 @@ class RoutingRecorder:
 
         Requires ``record_routing(..., positions=True)``. The sequence index counts sequences over all
         forward calls of the recording (the b-th sequence of the c-th batch of size B is c*B + b when
-        batches are equal); the position is the token's index in its (unpadded-left or right) row.
+        batches are equal); the position is the token's column in the batch (padding columns counted).
         """
         if not self.keep_positions:
             raise RuntimeError("Positions were not recorded; use record_routing(model, positions=True).")
@@ -69,7 +70,9 @@ class RoutingRecorder:
         Requires ``record_routing(..., probs=True)``.
         """
         if not self.keep_probs:
-            raise RuntimeError("Router probabilities were not recorded; use record_routing(model, probs=True).")
+            raise RuntimeError(
+                "Router probabilities were not recorded; use record_routing(model, probs=True)."
+            )
         chunks = self._probs.get(layer, [])
         return torch.cat(chunks) if chunks else torch.zeros(0, self.num_experts)
 
@@ -124,8 +127,9 @@ class RoutingRecorder:
 
 
 @contextmanager
-def record_routing(model: nn.Module, *, positions: bool = False, probs: bool = False,
-                   exclude_padding: bool = True) -> Iterator[RoutingRecorder]:
+def record_routing(
+    model: nn.Module, *, positions: bool = False, probs: bool = False, exclude_padding: bool = True
+) -> Iterator[RoutingRecorder]:
     """Context manager: a :class:`RoutingRecorder` filled by every forward pass run inside the block.
 
     ``positions``: also keep (sequence, position) of the tokens per (layer, expert) (FLUX's D_e);
@@ -133,8 +137,13 @@ def record_routing(model: nn.Module, *, positions: bool = False, probs: bool = F
     ``attention_mask`` (as passed to the model call) is 0. Outputs are unchanged; hooks are removed on exit.
     """
     layers = moe_layers(model)
-    recorder = RoutingRecorder(layers, family_spec(family_of(model)).router_score, positions=positions,
-                               probs=probs, exclude_padding=exclude_padding)
+    recorder = RoutingRecorder(
+        layers,
+        family_spec(family_of(model)).router_score,
+        positions=positions,
+        probs=probs,
+        exclude_padding=exclude_padding,
+    )
     decoder = decoder_of(model)
     handles = [
         decoder.register_forward_pre_hook(recorder._decoder_pre_hook, with_kwargs=True),
@@ -143,8 +152,11 @@ def record_routing(model: nn.Module, *, positions: bool = False, probs: bool = F
     try:
         for layer in layers:
             # prepend: run before any re-mapping hook, so indices are the router's own (original experts).
-            handles.append(layer.gate.register_forward_hook(
-                lambda _m, _a, out, i=layer.index: recorder._record(i, out), prepend=True))
+            handles.append(
+                layer.gate.register_forward_hook(
+                    lambda _m, _a, out, i=layer.index: recorder._record(i, out), prepend=True
+                )
+            )
         yield recorder
     finally:
         for handle in handles:

@@ -21,23 +21,29 @@ EXPERT_PARAMS = ("gate_up_proj", "down_proj")
 
 
 def _per_layer(value: Sequence | Mapping | None, layers: list[MoELayer], what: str) -> list:
-    """Normalise a per-MoE-layer argument (sequence of length L or {moe_index: value}) to a list of length L."""
+    """Normalise a per-MoE-layer argument (sequence of length L or {moe_index: value}) to a length-L list."""
     if isinstance(value, Mapping):
         bad = [k for k in value if not 0 <= int(k) < len(layers)]
         if bad:
-            raise ValueError(f"{what}: MoE layer indices {bad} out of range; the model has {len(layers)} MoE layers.")
+            raise ValueError(
+                f"{what}: MoE layer indices {bad} out of range; the model has {len(layers)} MoE layers."
+            )
         return [value.get(i) for i in range(len(layers))]
     value = list(value)
     if len(value) != len(layers):
-        raise ValueError(f"{what}: got {len(value)} entries but the model has {len(layers)} MoE layers; "
-                         "give one entry per MoE layer (or a {moe_layer_index: ...} dict).")
+        raise ValueError(
+            f"{what}: got {len(value)} entries but the model has {len(layers)} MoE layers; "
+            "give one entry per MoE layer (or a {moe_layer_index: ...} dict)."
+        )
     return value
 
 
 def _check_plain(model: nn.Module, layers: list[MoELayer], what: str) -> None:
     if unwrap(model) is not model or any(hasattr(layer.block.experts, "base_layer") for layer in layers):
-        raise ValueError(f"{what} changes the expert count and cannot run on a peft-wrapped model; "
-                         "apply it to the base model before add_expert_lora.")
+        raise ValueError(
+            f"{what} changes the expert count and cannot run on a peft-wrapped model; "
+            "apply it to the base model before add_expert_lora."
+        )
 
 
 def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -57,8 +63,9 @@ def _is_merged(layer: MoELayer) -> bool:
 
 
 # -- keep --------------------------------------------------------------------------------------------------
-def keep_experts(model: nn.Module, keep: Sequence[int] | Sequence[Sequence[int]] | Mapping[int, Sequence[int]]
-                 ) -> nn.Module:
+def keep_experts(
+    model: nn.Module, keep: Sequence[int] | Sequence[Sequence[int]] | Mapping[int, Sequence[int]]
+) -> nn.Module:
     """Keep only the experts ``keep`` in every MoE layer, in place (FMES-style pruning); returns ``model``.
 
     ``keep``: one list of expert indices for all layers, or one list per MoE layer. Kept experts keep
@@ -81,14 +88,23 @@ def keep_experts(model: nn.Module, keep: Sequence[int] | Sequence[Sequence[int]]
         idx = sorted(int(i) for i in (indices or []))
         num = layer.num_router_experts
         if not idx or len(set(idx)) != len(idx) or idx[0] < 0 or idx[-1] >= num:
-            raise ValueError(f"keep for MoE layer {layer.index} must be distinct indices in 0..{num - 1}, got {indices}.")
+            raise ValueError(
+                f"keep for MoE layer {layer.index} must be distinct indices in 0..{num - 1}, got {indices}."
+            )
         per_layer.append(idx)
     counts = {len(idx) for idx in per_layer}
     if len(counts) != 1:
-        raise ValueError(f"keep_experts keeps {sorted(counts)} experts in different layers; a transformers config "
-                         "has one expert count, so keep the same number per layer (or merge instead).")
+        raise ValueError(
+            f"keep_experts keeps {sorted(counts)} experts in different layers; a transformers config "
+            "has one expert count, so keep the same number per layer (or merge instead)."
+        )
     new_num = counts.pop()
     config = unwrap(model).config
+    if family_of(model) == "deepseek_v3" and new_num < 2 * (getattr(config, "n_group", None) or 1):
+        raise ValueError(
+            "DeepSeek-V3 routing scores each expert group by its top-2 experts; keep at least 2 "
+            "experts per group."
+        )
     _check_groups(config, per_layer, layers[0].num_router_experts)
     previous = getattr(config, "fedmoe_kept_experts", None)
     for layer, idx in zip(layers, per_layer, strict=True):
@@ -120,8 +136,10 @@ def _check_groups(config, per_layer: list[list[int]], num: int) -> None:
     for idx in per_layer:
         per_group = {g: sum(1 for i in idx if i // size == g) for g in range(n_group)}
         if len(set(per_group.values())) != 1:
-            raise ValueError(f"Group-limited routing ({n_group} groups) needs the same number of kept experts "
-                             f"per group, got {per_group}; keep equally many per group or set n_group=1.")
+            raise ValueError(
+                f"Group-limited routing ({n_group} groups) needs the same number of kept experts "
+                f"per group, got {per_group}; keep equally many per group or set n_group=1."
+            )
 
 
 # -- merge -------------------------------------------------------------------------------------------------
@@ -143,8 +161,11 @@ def _remove_remap(layer: MoELayer) -> None:
         del layer.gate._forward_hooks[key]
 
 
-def merge_experts(model: nn.Module, groups: Sequence[Sequence[Sequence[int]] | None] | Mapping,
-                  weights: Sequence[Sequence[float] | torch.Tensor | None] | Mapping | None = None) -> nn.Module:
+def merge_experts(
+    model: nn.Module,
+    groups: Sequence[Sequence[Sequence[int]] | None] | Mapping,
+    weights: Sequence[Sequence[float] | torch.Tensor | None] | Mapping | None = None,
+) -> nn.Module:
     """Merge groups of experts into one expert each, in place (FLUX's non-tuning experts); returns ``model``.
 
     ``groups``: per MoE layer (list of length L or {moe_index: groups}) a partition of the router's
@@ -171,9 +192,13 @@ def merge_experts(model: nn.Module, groups: Sequence[Sequence[Sequence[int]] | N
         parts = sorted((sorted(int(i) for i in g) for g in layer_groups), key=lambda g: g[0] if g else -1)
         flat = [i for g in parts for i in g]
         if any(not g for g in parts) or sorted(flat) != list(range(num)):
-            raise ValueError(f"groups for MoE layer {layer.index} must partition 0..{num - 1} into non-empty groups, "
-                             f"got {layer_groups}.")
-        alpha = torch.ones(num) if alpha is None else torch.as_tensor(alpha, dtype=torch.float64).flatten().cpu()
+            raise ValueError(
+                f"groups for MoE layer {layer.index} must partition 0..{num - 1} into non-empty groups, "
+                f"got {layer_groups}."
+            )
+        alpha = (
+            torch.ones(num) if alpha is None else torch.as_tensor(alpha, dtype=torch.float64).flatten().cpu()
+        )
         if alpha.numel() != num or bool((alpha < 0).any()):
             raise ValueError(f"weights for MoE layer {layer.index} must be {num} non-negative numbers.")
         remap = torch.empty(num, dtype=torch.long)
@@ -203,7 +228,8 @@ def _expanded(layer: MoELayer) -> dict[str, torch.Tensor]:
 
 def expand(model: nn.Module) -> nn.Module:
     """Undo the compact layout of a merged model in place: one slot per router expert, holding its merged
-    expert, no re-mapping hook; outputs are unchanged. ``config.fedmoe_expert_map`` is kept for :func:`compact`."""
+    expert, no re-mapping hook; outputs are unchanged. ``config.fedmoe_expert_map`` stays for :func:`compact`.
+    """
     for layer in moe_layers(model):
         if _is_merged(layer):
             for name, value in _expanded(layer).items():
@@ -216,7 +242,8 @@ def expand(model: nn.Module) -> nn.Module:
 def compact(model: nn.Module) -> nn.Module:
     """Re-apply ``config.fedmoe_expert_map`` to an expanded model (e.g. just loaded with ``from_pretrained``):
     keep one slot per merged group and re-map the router; outputs are unchanged, memory shrinks.
-    Raises if the experts of a group no longer hold identical weights (e.g. the expanded model was trained)."""
+    Raises if the experts of a group no longer hold identical weights (e.g. the expanded model was trained).
+    """
     expert_map = getattr(unwrap(model).config, "fedmoe_expert_map", None)
     if expert_map is None:
         return model
@@ -230,8 +257,10 @@ def compact(model: nn.Module) -> nn.Module:
             param = getattr(layer.experts, name)
             for e, s in enumerate(slots):
                 if not torch.equal(param[e], param[reps[s]]):
-                    raise ValueError(f"MoE layer {layer.index}: experts {reps[s]} and {e} share merged slot {s} but "
-                                     "hold different weights; the model was changed after expanding. Merge it again.")
+                    raise ValueError(
+                        f"MoE layer {layer.index}: experts {reps[s]} and {e} share merged slot {s} but "
+                        "hold different weights; the model was changed after expanding. Merge it again."
+                    )
         _slice_layer(layer, torch.tensor(reps, dtype=torch.long, device=layer.router_weight.device))
         _install_remap(layer, remap)
     return model
@@ -266,10 +295,13 @@ class FrozenExperts:
     fused expert tensors when they train and the experts' LoRA slices on a peft model.
     """
 
-    def __init__(self, slices: list[tuple[torch.Tensor, int, torch.Tensor]],
-                 optimizer: torch.optim.Optimizer | None) -> None:
+    def __init__(
+        self, slices: list[tuple[torch.Tensor, int, torch.Tensor]], optimizer: torch.optim.Optimizer | None
+    ) -> None:
         self._slices = [(p, dim, pos, p.detach().index_select(dim, pos).clone()) for p, dim, pos in slices]
-        self._handles = [p.register_hook(lambda g, d=dim, i=pos: g.index_fill(d, i, 0)) for p, dim, pos in slices]
+        self._handles = [
+            p.register_hook(lambda g, d=dim, i=pos: g.index_fill(d, i, 0)) for p, dim, pos in slices
+        ]
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.restore()))
 
@@ -292,8 +324,11 @@ class FrozenExperts:
         self.remove()
 
 
-def freeze_experts(model: nn.Module, frozen: Sequence[Iterable[int]] | Mapping[int, Iterable[int]],
-                   optimizer: torch.optim.Optimizer | None = None) -> FrozenExperts:
+def freeze_experts(
+    model: nn.Module,
+    frozen: Sequence[Iterable[int]] | Mapping[int, Iterable[int]],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> FrozenExperts:
     """Freeze, per MoE layer (list of length L or {moe_index: slots}), the expert slots ``frozen``.
 
     Returns a :class:`FrozenExperts` handle: pass ``optimizer`` (or call ``handle.restore()`` after each
@@ -307,9 +342,14 @@ def freeze_experts(model: nn.Module, frozen: Sequence[Iterable[int]] | Mapping[i
         if not idx:
             continue
         if idx[0] < 0 or idx[-1] >= layer.num_experts:
-            raise ValueError(f"frozen experts {idx} out of range for MoE layer {layer.index} "
-                             f"({layer.num_experts} slots).")
+            raise ValueError(
+                f"frozen experts {idx} out of range for MoE layer {layer.index} ({layer.num_experts} slots)."
+            )
         pos = torch.tensor(idx, dtype=torch.long, device=layer.router_weight.device)
-        slices += [(getattr(layer.experts, n), 0, pos) for n in EXPERT_PARAMS if getattr(layer.experts, n).requires_grad]
+        slices += [
+            (getattr(layer.experts, n), 0, pos)
+            for n in EXPERT_PARAMS
+            if getattr(layer.experts, n).requires_grad
+        ]
         slices += [s for s in expert_lora_slices(layer, idx) if s[0].requires_grad]
     return FrozenExperts(slices, optimizer)

@@ -78,6 +78,10 @@ SCALES: dict[str, ZooScale] = {
     "default": ZooScale(vocab_size=1024, hidden_size=128, intermediate_size=128, num_layers=4, num_experts=8,
                         top_k=2, num_heads=4, n_docs=20000, n_entities=24, steps=600, batch_size=32, seq_len=128,
                         lr=3e-3, warmup_steps=50),
+    # "default" routing each token to 4 of 8 experts: room for FLAME's top-k ladder {4, 2, 1}
+    "default-top4": ZooScale(vocab_size=1024, hidden_size=128, intermediate_size=128, num_layers=4, num_experts=8,
+                             top_k=4, num_heads=4, n_docs=20000, n_entities=24, steps=600, batch_size=32,
+                             seq_len=128, lr=3e-3, warmup_steps=50),
 }
 
 

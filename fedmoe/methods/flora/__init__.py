@@ -1,0 +1,5 @@
+"""FLoRA: heterogeneous ranks aggregated exactly by stacking; the base model absorbs every round's update."""
+
+from fedmoe.methods.flora.method import FLoRA
+
+__all__ = ["FLoRA"]

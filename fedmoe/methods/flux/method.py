@@ -1,0 +1,205 @@
+"""FLUX (Chen et al., EuroSys 2026): quantized profiling, layer-aware merging of non-tuning experts and
+dynamic role assignment, with token-weighted per-expert aggregation (see README.md for the equations)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+
+import torch
+
+from fedmoe.data.collate import collate_train
+from fedmoe.fl.contract import ClientTask, ClientUpdate
+from fedmoe.fl.cost import ClientWork, check_fits, token_flops
+from fedmoe.fl.federation import client_seed
+from fedmoe.methods.base import register
+from fedmoe.methods.flux.args import FluxArgs
+from fedmoe.methods.flux.assignment import eps_at, select_roles, utility, zo_grad_sq
+from fedmoe.methods.flux.budget import (
+    expert_work,
+    flux_budget,
+    layer_merge_budget,
+    priced_model,
+    tiny_count,
+)
+from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, load_fused_state, train_experts
+from fedmoe.methods.flux.merging import apply_merge, output_error, plan_merge
+from fedmoe.methods.flux.profiling import Profile, profile_error, profile_model, quantized_profile
+from fedmoe.moe.layers import moe_layers
+from fedmoe.moe.surgery import EXPERT_PARAMS
+
+
+def profile_subset(examples: list, n: int, seed: int) -> list:
+    """The ``n`` local examples a client profiles (a seeded sample, the same every round)."""
+    if len(examples) <= n:
+        return list(examples)
+    return random.Random(seed).sample(list(examples), n)
+
+
+@register("flux")
+class Flux(ExpertMethod):
+    """FLUX: each client tunes a budgeted set of experts at full precision and holds the others merged."""
+
+    Args = FluxArgs
+
+    def __init__(self, fed, args=None):
+        super().__init__(fed, args)
+        layers = moe_layers(self._server)
+        self.num_layers, self.num_experts = len(layers), layers[0].num_router_experts
+        self.pm = priced_model(fed)
+        n = self.num_layers * self.num_experts
+        self.budgets = [flux_budget(self.pm, d, self.args.tune_memory_share, self.args.max_tune_fraction)
+                        for d in fed.devices]
+        self.tune_counts = [tiny_count(b.tune, n) for b in self.budgets]
+        self.slot_counts = [min(n - t, tiny_count(b.slots, n, self.num_layers))
+                            for b, t in zip(self.budgets, self.tune_counts, strict=True)]
+        self.utilities = torch.full((fed.cfg.fed.num_clients, self.num_layers, self.num_experts), float("nan"),
+                                    dtype=torch.float64)
+        self.profiles: dict[int, dict] = {}
+
+    # -- server ------------------------------------------------------------------------------------------
+    def eps(self, round_: int) -> float:
+        """eps of this round (:func:`eps_at`)."""
+        a = self.args
+        return eps_at(round_, self.fed.cfg.fed.rounds, a.eps_schedule, a.eps_start, a.eps_end, a.eps_fixed)
+
+    def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
+        tasks = []
+        eps = self.eps(round_)
+        for c in clients:
+            t0 = time.perf_counter()
+            rng = random.Random(client_seed(self.fed.cfg.seed, round_, c))
+            tuning = select_roles(self.utilities[c], self.tune_counts[c], eps, rng)
+            unknown = [[int(layer), int(e)] for layer, e in torch.isnan(self.utilities[c]).nonzero().tolist()
+                       if e not in tuning[layer]]
+            probes = rng.sample(unknown, min(len(unknown), self.tune_counts[c])) if self.args.zo_probes else []
+            plan = {"tuning": tuning, "merge_slots": self.slot_counts[c], "eps": eps, "probes": probes,
+                    "profile": self.profiles.get(c) if self.args.stale else None,
+                    "assign_seconds": time.perf_counter() - t0}
+            tasks.append(ClientTask(c, round_, self.global_state, plan))
+        return tasks
+
+    def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
+        info = super().aggregate(round_, updates)
+        for u in updates:
+            profile = Profile.from_dict(u.extra["profile"])
+            self.profiles[u.client_id] = u.extra["profile"]
+            for key, g in u.extra["grad_sq"].items():
+                layer, e = (int(x) for x in key.split("."))
+                self.utilities[u.client_id, layer, e] = float(utility(profile.tokens[layer, e], torch.tensor(g)))
+        diag = {k: [u.extra[k] for u in updates if u.extra.get(k) is not None]
+                for k in ("profile_error", "stale_error", "merge_error")}
+        return {**info, "eps": self.eps(round_), **{k: sum(v) / len(v) for k, v in diag.items() if v}}
+
+    def overlap(self, round_: int) -> float:
+        """Stale profiling hides all of a client's forward-only (profiling) work behind aggregation."""
+        return 1.0 if self.args.stale else 0.0
+
+    def state_dict(self):
+        return {"global": self.global_state, "utilities": self.utilities.clone(),
+                "profiles": copy.deepcopy(self.profiles)}
+
+    def load_state_dict(self, state):
+        self.global_state = state["global"]
+        self.utilities = state["utilities"].clone()
+        self.profiles = {int(k): v for k, v in state["profiles"].items()}
+
+    # -- client ------------------------------------------------------------------------------------------
+    def client_update(self, task: ClientTask) -> ClientUpdate:
+        a, fed, c = self.args, self.fed, task.client_id
+        cfg = fed.cfg.fed
+        examples = fed.client_data(c)
+        probe_set = profile_subset(examples, a.profile_examples, client_seed(fed.cfg.seed, 0, c))
+        kw = {"max_length": cfg.max_length, "batch_size": cfg.batch_size}
+        model = load_fused_state(fed.base_model(), task.tensors)
+        t0 = time.perf_counter()
+        current = quantized_profile(model, fed.tokenizer, probe_set, scheme=a.profile_scheme, **kw)
+        profile_wall = time.perf_counter() - t0
+        stale = a.stale and task.plan.get("profile") is not None
+        used = Profile.from_dict(task.plan["profile"]) if stale else current
+        extra: dict = {}
+        if a.diagnostics:
+            full = profile_model(model, fed.tokenizer, probe_set, **kw)
+            extra["profile_error"] = profile_error(current, full)
+            extra["stale_error"] = profile_error(used, full) if stale else None
+            reference = copy.deepcopy(model).eval()
+        tuning = [list(t) for t in task.plan["tuning"]]
+        t1 = time.perf_counter()
+        budget = layer_merge_budget(used.freq, [self.num_experts - len(t) for t in tuning],
+                                    task.plan["merge_slots"], "layer_aware" if a.merge_budget == "layer_aware"
+                                    else a.merge_budget)
+        merge = plan_merge(model, tuning, budget, used, weights=a.merge_weights, drop=a.drop, pca_dim=a.pca_dim,
+                           seed=client_seed(fed.cfg.seed, task.round, c))
+        apply_merge(model, merge)
+        merge_wall = time.perf_counter() - t1
+        if a.diagnostics:
+            model.eval()
+            extra["merge_error"] = output_error(reference, model, fed.tokenizer, probe_set, **kw)
+            del reference
+        layers = moe_layers(model)
+        frozen = [sorted({int(layer.expert_map[e]) for e in range(self.num_experts) if e not in tune})
+                  for layer, tune in zip(layers, tuning, strict=True)]
+        zo = self._zero_order(model, task, probe_set) if a.zo_probes and task.plan.get("probes") else {}
+        trained = train_experts(fed, model, task, examples, frozen)
+        stats = trained.stats
+        pairs = [(layer, e) for layer, tune in enumerate(tuning) for e in tune]
+        grad_sq = {f"{layer}.{e}": float(trained.grad_sq[layer, int(layers[layer].expert_map[e])]) for layer, e in pairs}
+        counts = stats.expert_counts.double()
+        tuned_share = float(sum(counts[layer, e] for layer, e in pairs) / counts.sum().clamp(min=1))
+        extra.update({"profile": current.to_dict(), "grad_sq": {**zo, **grad_sq}, "tuning": len(pairs),
+                      "slots": merge.slots, "merge_budget": budget, "stale": stale, "tuned_token_share": tuned_share,
+                      "profile_wall": profile_wall, "merge_wall": merge_wall,
+                      "assign_wall": task.plan.get("assign_seconds", 0.0)})
+        update = ClientUpdate(c, task.round, expert_tensors(model, pairs), num_examples=len(examples),
+                              metrics={"loss": stats.mean_loss, "steps": stats.steps, "tokens": stats.tokens},
+                              expert_tokens=stats.expert_counts.tolist(), extra=extra)
+        update.work = self.price(c, stats, len(pairs), sum(merge.slots), tuned_share, current.n_tokens, stale,
+                                 zo_forwards=len(zo) * (a.zo_probes + 1))
+        fits = ClientWork.from_dict(update.work)
+        check_fits(fits, fed.devices[c], what=f"FLUX client {c}")
+        device = fed.devices[c]
+        extra["profile_sim_seconds"] = self._forward_seconds(stats, current.n_tokens, device)
+        return update
+
+    def _zero_order(self, model, task: ClientTask, probe_set: list) -> dict[str, float]:
+        """ZO estimates of ||g||^2 for the plan's probe experts (their merged slots), on one local batch."""
+        a, layers = self.args, moe_layers(model)
+        batch = collate_train(self.fed.tokenizer, probe_set[: self.fed.cfg.fed.batch_size], self.fed.cfg.fed.max_length)
+        gen = torch.Generator().manual_seed(client_seed(self.fed.cfg.seed, task.round, task.client_id))
+        model.eval()
+
+        def loss() -> float:
+            return float(model(**batch).loss)
+
+        out = {}
+        for layer, e in task.plan["probes"]:
+            slot = int(layers[layer].expert_map[e])
+            tensors = [getattr(layers[layer].experts, n).data[slot] for n in EXPERT_PARAMS]
+            out[f"{layer}.{e}"] = zo_grad_sq(loss, tensors, a.zo_sigma, a.zo_probes, gen)
+        return out
+
+    def _forward_seconds(self, stats, tokens: int, device) -> float:
+        """Simulated seconds of ``tokens`` forward-only tokens on ``device`` (profiling)."""
+        f = token_flops(self.fed.priced_config, seq_len=max(1, int(stats.tokens / max(stats.examples, 1))))
+        return f.forward * tokens * self.fed.cfg.cost.tokens_scale / (device.bf16_flops * device.mfu)
+
+    def price(self, client: int, stats, tuned: int, merged_slots: int, tuned_share: float, profile_tokens: int,
+              hidden: bool, zo_forwards: int = 0) -> dict[str, float]:
+        """Cost-model inputs: the client's structure as fractions of the priced model's experts; downloads its
+        bf16 experts (tuning + merged) and the INT4 global experts it profiles; uploads its tuning experts.
+        Profiling is forward-only work, hidden by the overlap when stale; otherwise (and for zeroth-order
+        probes) it is added to the training compute."""
+        pm, n_tiny = self.pm, self.num_layers * self.num_experts
+        trainable = math.floor(tuned / n_tiny * pm.total_experts)
+        slots = max(trainable + pm.num_layers, math.floor((tuned + merged_slots) / n_tiny * pm.total_experts))
+        work = expert_work(
+            self.fed, pm, stats, trainable=trainable, slots=slots, tuned_token_share=tuned_share,
+            bytes_down=slots * pm.expert_bytes[16] + pm.total_experts * pm.expert_bytes[4],
+            bytes_up=trainable * pm.expert_bytes[16], forward_tokens=profile_tokens if hidden else 0)
+        visible = (0 if hidden else profile_tokens) + zo_forwards * self.fed.cfg.fed.batch_size * self.fed.cfg.fed.max_length
+        if visible:
+            f = token_flops(self.fed.priced_config, seq_len=max(1, int(stats.tokens / max(stats.examples, 1))))
+            work["train_flops"] += f.forward * visible * self.fed.cfg.cost.tokens_scale
+        return work
