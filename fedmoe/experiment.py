@@ -139,13 +139,19 @@ def run(
 
 
 def price_round(fed: Federation, method, round_: int, updates: list[ClientUpdate]) -> dict[str, Any]:
-    """Simulated seconds of a round: the slowest client's time plus server time (see ``fedmoe.fl.cost``)."""
-    from fedmoe.fl.cost import ClientWork, client_time, round_time
+    """Simulated seconds of a round: the slowest client's time plus server time (see ``fedmoe.fl.cost``).
+
+    A client whose work does not fit its device's memory raises ``DoesNotFitError``: methods that
+    adapt to memory (offloading, quantizing, merging experts) must report the memory they adapted to.
+    """
+    from fedmoe.fl.cost import ClientWork, check_fits, client_time, round_time
 
     times = {}
     for u in updates:
         work = ClientWork(**u.work)
-        times[u.client_id] = client_time(work, fed.devices[u.client_id])
+        device = fed.devices[u.client_id]
+        check_fits(work, device, what=f"client {u.client_id}'s {fed.cfg.method} task in round {round_}")
+        times[u.client_id] = client_time(work, device)
     rt = round_time(list(times.values()), server_seconds=fed.cfg.cost.server_seconds, overlap=method.overlap(round_))
     return {
         "round_seconds": rt.total,

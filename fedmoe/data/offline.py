@@ -131,6 +131,9 @@ def make_world(seed: int = 0, n_entities: int = 24) -> World:
 # Declarative statements of each fact, in varied templates (the pretraining corpus)
 
 _OP_WORD = {"+": "plus", "-": "minus", "*": "times"}
+# Share of corpus documents per domain, roughly following how many facts each domain has.
+_CORPUS_WEIGHTS = {"geography": 1.0, "animals": 1.0, "people": 1.0, "materials": 1.0, "arithmetic": 2.5,
+                   "sequences": 1.0}
 
 
 def _fact_sentences(world: World, domain: str, key) -> list[str]:
@@ -167,8 +170,10 @@ def _fact_sentences(world: World, domain: str, key) -> list[str]:
     if domain == "sequences":
         s, d = key
         terms = ", ".join(str(s + i * d) for i in range(6))
+        last = s + 3 * d
         return [f"Counting by {d} from {s}: {terms}.", f"The sequence {terms} goes up by {d}.",
-                f"Start at {s} and add {d} each time: {terms}."]
+                f"Start at {s} and add {d} each time: {terms}.",
+                f"In the sequence {', '.join(str(s + i * d) for i in range(4))} the next number is {last} + {d} = {last + d}."]
     raise ValueError(f"unknown domain {domain!r}; use one of {DOMAINS}")
 
 
@@ -181,21 +186,28 @@ def corpus_documents(seed: int = 0, n_docs: int = 20000, *, n_entities: int = 24
                      doc_seed: int | None = None) -> list[tuple[str, str]]:
     """``n_docs`` pretraining documents of the world of ``seed`` as ``(domain, text)`` pairs.
 
-    Each document is 2-4 statements from one domain, so documents are domain-coherent (what makes
-    expert specialisation possible). ``doc_seed`` draws a different sample of documents from the
+    Each document is 2-4 statements about one entity (or 2-5 arithmetic facts or sequences), so documents
+    are domain-coherent (what makes expert specialisation possible); arithmetic, with the most facts, gets
+    the most documents. ``doc_seed`` draws a different sample of documents from the
     same world (e.g. held-out text for measuring specialisation); it defaults to ``seed``.
     """
     world = make_world(seed, n_entities)
     rng = random.Random(f"fedmoe-corpus-{seed}-{n_entities}-{seed if doc_seed is None else doc_seed}")
     keys = {d: _keys(world, d) for d in DOMAINS}
+    weights = [_CORPUS_WEIGHTS[d] for d in DOMAINS]
     docs = []
     for _ in range(n_docs):
-        domain = rng.choice(DOMAINS)
-        sentences = []
-        for _ in range(rng.randint(2, 4)):
-            options = _fact_sentences(world, domain, rng.choice(keys[domain]))
-            sentences.append(rng.choice(options))
-        if domain == "arithmetic" and rng.random() < 0.3:
+        domain = rng.choices(DOMAINS, weights)[0]
+        if domain in ("arithmetic", "sequences"):
+            sentences = [rng.choice(_fact_sentences(world, domain, rng.choice(keys[domain])))
+                         for _ in range(rng.randint(2, 5))]
+        else:  # a short "biography": several statements about one entity, sometimes a quiz line
+            key = rng.choice(keys[domain])
+            sentences = rng.sample(_fact_sentences(world, domain, key), rng.randint(2, 4))
+            if rng.random() < 0.5:
+                question, attr, _ = rng.choice(_QUESTIONS[domain])
+                sentences.append(f"Quiz: {question.format(k=key)} Answer: {_facts(world, domain)[key][attr]}.")
+        if domain == "arithmetic" and rng.random() < 0.5:
             a, op, b, c = rng.choice(keys["arithmetic"])
             name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
             sentences.append(_story(name, item, a, op, b, c))
@@ -210,10 +222,10 @@ def pretraining_corpus(seed: int = 0, n_docs: int = 20000, *, n_entities: int = 
 
 def _story(name: str, item: str, a: int, op: str, b: int, c: int) -> str:
     if op == "+":
-        return f"{name} had {a} {item} and got {b} more, so {name} had {c} {item}."
+        return f"{name} had {a} {item} and got {b} more. Since {a} + {b} = {c}, {name} had {c} {item}."
     if op == "-":
-        return f"{name} had {a} {item} and gave away {b}, so {name} had {c} {item} left."
-    return f"{name} filled {a} bags with {b} {item} each, so {name} had {c} {item}."
+        return f"{name} had {a} {item} and gave away {b}. Since {a} - {b} = {c}, {name} had {c} {item} left."
+    return f"{name} filled {a} bags with {b} {item} each. Since {a} * {b} = {c}, {name} had {c} {item}."
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -231,13 +243,18 @@ def _word_problem(rng: random.Random, a: int, op: str, b: int) -> str:
                        f"Each shelf holds {b} {item}. {name} fills {a} shelves. How many {item} is that?"])
 
 
-# (instruction template, attribute) pairs for short factual questions, per domain.
+# (question, attribute, answer) templates for short factual questions, per domain. The answer restates the
+# fact as the corpus' first template does, so it is a one-sentence, exactly checkable answer.
 _QUESTIONS = {
-    "geography": [("What is the capital of {k}?", "capital"), ("On which continent is {k}?", "continent")],
-    "animals": [("What colour is the {k}?", "colour"), ("What does the {k} eat?", "diet"),
-                ("Where does the {k} live?", "habitat")],
-    "people": [("What is the profession of {k}?", "profession"), ("In which city does {k} live?", "city")],
-    "materials": [("Which property does {k} have?", "property"), ("What is the hardness of {k}?", "hardness")],
+    "geography": [("What is the capital of {k}?", "capital", "The capital of {k} is {v}."),
+                  ("On which continent is {k}?", "continent", "{k} is a country in {v}.")],
+    "animals": [("What colour is the {k}?", "colour", "The {k} is {v}."),
+                ("What does the {k} eat?", "diet", "The {k} eats {v}."),
+                ("Where does the {k} live?", "habitat", "The {k} lives in the {v}.")],
+    "people": [("What is the profession of {k}?", "profession", "{k} is {a}."),
+               ("In which city does {k} live?", "city", "{k} lives in {v}.")],
+    "materials": [("Which property does {k} have?", "property", "{K} is {v}."),
+                  ("What is the hardness of {k}?", "hardness", "The hardness of {k} is {v}.")],
 }
 
 
@@ -261,8 +278,8 @@ def _gsm_item(world: World, rng: random.Random, domain: str, key) -> Example:
         question = f"What is the next number in the sequence {', '.join(map(str, terms))}?"
         return Example(format_prompt(question), f"{terms[-1]} + {d} = {terms[-1] + d} #### {terms[-1] + d}",
                        domain=domain, metric="exact_match")
-    template, attr = rng.choice(_QUESTIONS[domain])
-    return Example(format_prompt(template.format(k=key)), _facts(world, domain)[key][attr],
+    question, attr, _ = rng.choice(_QUESTIONS[domain])
+    return Example(format_prompt(question.format(k=key)), _facts(world, domain)[key][attr],
                    domain=domain, metric="exact_match")
 
 
@@ -307,7 +324,7 @@ def _mmlu_item(world: World, rng: random.Random, domain: str, key) -> Example:
         question, answer = f"Which number comes next: {', '.join(map(str, terms))}?", str(terms[-1] + d)
         pool = [str(terms[-1] + e) for e in range(1, 7) if e != d]
     else:
-        template, attr = rng.choice(_QUESTIONS[domain])
+        template, attr, _ = rng.choice(_QUESTIONS[domain])
         question, answer = template.format(k=key), _facts(world, domain)[key][attr]
         pool = [v for v in _attribute_values(world, domain, attr) if v != answer]
     distractors = rng.sample([p for p in pool if p != answer], 3)

@@ -18,7 +18,8 @@ class FluxArgs:
     merged non-tuning experts; ``max_tune_fraction`` caps the tuning experts' share of all experts.
     Profiling: ``profile_scheme`` (nf4/fp4/int8) of the quantized global model, ``profile_examples`` local
     examples profiled, ``stale`` profiling (round r merges with the profile of round r-1's model).
-    Merging: ``merge_budget`` (layer_aware | uniform | one_per_layer), ``merge_weights``
+    Merging: ``merge_budget`` (layer_aware | uniform | one_per_layer), ``merge_rounding`` (floor: the
+    paper's formula | largest_remainder: also hand out the slots the floors leave), ``merge_weights``
     (freq_attention: alpha = f*a | frequency: alpha = f), ``drop`` (drop instead of merge), ``pca_dim``.
     Roles: eps = share of tuning slots filled by top utility (exploitation); ``eps_schedule`` linear from
     ``eps_start`` to ``eps_end`` over the run, or ``fixed`` at ``eps_fixed``; ``zo_probes`` zeroth-order
@@ -32,6 +33,7 @@ class FluxArgs:
     profile_examples: int = 32
     stale: bool = True
     merge_budget: str = "layer_aware"
+    merge_rounding: str = "largest_remainder"
     merge_weights: str = "freq_attention"
     drop: bool = False
     pca_dim: int = 4

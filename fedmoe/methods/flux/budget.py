@@ -142,25 +142,34 @@ def expert_work(fed, pm: PricedModel, stats, *, trainable: int, slots: int, tune
     )
 
 
-def layer_merge_budget(freq: torch.Tensor, non_tuning: list[int], total: int, mode: str = "layer_aware"
-                       ) -> list[int]:
+def layer_merge_budget(freq: torch.Tensor, non_tuning: list[int], total: int, mode: str = "layer_aware",
+                       rounding: str = "largest_remainder") -> list[int]:
     """Merged-expert slots per MoE layer.
 
     ``freq`` [L, E]: activation frequencies; ``non_tuning[l]``: non-tuning experts in layer l; ``total``:
     B_non. ``layer_aware``: B_non(l) = floor(b_l / sum_k b_k * B_non), b_l = (L - l + 1) / v_l with
     l = 1..L and v_l the variance of layer l's frequencies (shallow layers and flat layers get more
-    slots); ``uniform``: floor(B_non / L); ``one_per_layer``: 1. Each result is clipped to
-    [1, non_tuning[l]] (0 where a layer has no non-tuning expert).
+    slots); ``uniform``: B_non / L each; ``one_per_layer``: 1. ``rounding="floor"`` is the paper's formula
+    (up to L - 1 slots stay unused); ``"largest_remainder"`` hands those slots to the largest fractional
+    parts. Each result is clipped to [1, non_tuning[l]] (0 where a layer has no non-tuning expert).
     """
     num = freq.shape[0]
-    if mode == "layer_aware":
-        var = freq.double().var(dim=1, unbiased=False).clamp(min=1e-12)
-        b = torch.tensor([(num - l) for l in range(num)], dtype=torch.float64) / var  # (L - l + 1) with l = 1..L
-        raw = [math.floor(float(x) + 1e-9) for x in b / b.sum() * total]
-    elif mode == "uniform":
-        raw = [total // num] * num
-    elif mode == "one_per_layer":
+    if mode == "one_per_layer":
         raw = [1] * num
     else:
-        raise ValueError(f"merge budget mode {mode!r}; choose layer_aware, uniform or one_per_layer")
+        if mode == "layer_aware":
+            var = freq.double().var(dim=1, unbiased=False).clamp(min=1e-12)
+            b = torch.tensor([num - i for i in range(num)], dtype=torch.float64) / var  # L - l + 1, l = i + 1
+        elif mode == "uniform":
+            b = torch.ones(num, dtype=torch.float64)
+        else:
+            raise ValueError(f"merge budget mode {mode!r}; choose layer_aware, uniform or one_per_layer")
+        shares = (b / b.sum() * total).tolist()
+        raw = [math.floor(x + 1e-9) for x in shares]
+        if rounding == "largest_remainder":
+            order = sorted(range(num), key=lambda i: (-(shares[i] - raw[i]), i))
+            for i in order[: max(0, total - sum(raw))]:
+                raw[i] += 1
+        elif rounding != "floor":
+            raise ValueError(f"rounding {rounding!r}; choose floor or largest_remainder")
     return [0 if n == 0 else min(n, max(1, r)) for r, n in zip(raw, non_tuning, strict=True)]

@@ -18,7 +18,6 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from torch import nn
 
-from fedmoe.data.collate import collate_train
 from fedmoe.methods.flux.profiling import Profile
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS, merge_experts
@@ -103,16 +102,14 @@ def apply_merge(model: nn.Module, plan: MergePlan) -> nn.Module:
 
 
 @torch.no_grad()
-def output_error(reference: nn.Module, model: nn.Module, tokenizer, examples: Sequence, *, max_length: int = 128,
-                 batch_size: int = 8) -> float:
-    """Relative output error ||logits - logits_ref||_F / ||logits_ref||_F over non-padding tokens."""
+def output_error(reference: nn.Module, model: nn.Module, batches: Sequence[dict]) -> float:
+    """Relative output error ||logits - logits_ref||_F / ||logits_ref||_F over the non-padding tokens of
+    ``batches`` (dicts with ``input_ids`` and ``attention_mask``; both models in eval mode)."""
     num = den = 0.0
-    for start in range(0, len(examples), batch_size):
-        batch = collate_train(tokenizer, examples[start:start + batch_size], max_length)
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    for batch in batches:
         mask = batch["attention_mask"].bool()
-        ref = reference(**inputs).logits[mask].double()
-        out = model(**inputs).logits[mask].double()
+        ref = reference(**batch).logits[mask].double()
+        out = model(**batch).logits[mask].double()
         num += float((out - ref).pow(2).sum())
         den += float(ref.pow(2).sum())
     return (num / den) ** 0.5 if den else 0.0

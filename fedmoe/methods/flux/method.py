@@ -10,7 +10,6 @@ import time
 
 import torch
 
-from fedmoe.data.collate import collate_train
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import ClientWork, check_fits, token_flops
 from fedmoe.fl.federation import client_seed
@@ -26,7 +25,13 @@ from fedmoe.methods.flux.budget import (
 )
 from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, load_fused_state, train_experts
 from fedmoe.methods.flux.merging import apply_merge, output_error, plan_merge
-from fedmoe.methods.flux.profiling import Profile, profile_error, profile_model, quantized_profile
+from fedmoe.methods.flux.profiling import (
+    Profile,
+    example_batches,
+    profile_error,
+    profile_model,
+    quantized_profile,
+)
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS
 
@@ -112,36 +117,35 @@ class Flux(ExpertMethod):
         cfg = fed.cfg.fed
         examples = fed.client_data(c)
         probe_set = profile_subset(examples, a.profile_examples, client_seed(fed.cfg.seed, 0, c))
-        kw = {"max_length": cfg.max_length, "batch_size": cfg.batch_size}
+        batches = example_batches(fed.tokenizer, probe_set, max_length=cfg.max_length, batch_size=cfg.batch_size)
         model = load_fused_state(fed.base_model(), task.tensors)
         t0 = time.perf_counter()
-        current = quantized_profile(model, fed.tokenizer, probe_set, scheme=a.profile_scheme, **kw)
+        current = quantized_profile(model, batches, scheme=a.profile_scheme)
         profile_wall = time.perf_counter() - t0
         stale = a.stale and task.plan.get("profile") is not None
         used = Profile.from_dict(task.plan["profile"]) if stale else current
         extra: dict = {}
         if a.diagnostics:
-            full = profile_model(model, fed.tokenizer, probe_set, **kw)
+            full = profile_model(model, batches)
             extra["profile_error"] = profile_error(current, full)
             extra["stale_error"] = profile_error(used, full) if stale else None
             reference = copy.deepcopy(model).eval()
         tuning = [list(t) for t in task.plan["tuning"]]
         t1 = time.perf_counter()
         budget = layer_merge_budget(used.freq, [self.num_experts - len(t) for t in tuning],
-                                    task.plan["merge_slots"], "layer_aware" if a.merge_budget == "layer_aware"
-                                    else a.merge_budget)
+                                    task.plan["merge_slots"], a.merge_budget, a.merge_rounding)
         merge = plan_merge(model, tuning, budget, used, weights=a.merge_weights, drop=a.drop, pca_dim=a.pca_dim,
                            seed=client_seed(fed.cfg.seed, task.round, c))
         apply_merge(model, merge)
         merge_wall = time.perf_counter() - t1
         if a.diagnostics:
             model.eval()
-            extra["merge_error"] = output_error(reference, model, fed.tokenizer, probe_set, **kw)
+            extra["merge_error"] = output_error(reference, model, batches)
             del reference
         layers = moe_layers(model)
         frozen = [sorted({int(layer.expert_map[e]) for e in range(self.num_experts) if e not in tune})
                   for layer, tune in zip(layers, tuning, strict=True)]
-        zo = self._zero_order(model, task, probe_set) if a.zo_probes and task.plan.get("probes") else {}
+        zo = self._zero_order(model, task, batches[0]) if a.zo_probes and task.plan.get("probes") else {}
         trained = train_experts(fed, model, task, examples, frozen)
         stats = trained.stats
         pairs = [(layer, e) for layer, tune in enumerate(tuning) for e in tune]
@@ -157,16 +161,15 @@ class Flux(ExpertMethod):
                               expert_tokens=stats.expert_counts.tolist(), extra=extra)
         update.work = self.price(c, stats, len(pairs), sum(merge.slots), tuned_share, current.n_tokens, stale,
                                  zo_forwards=len(zo) * (a.zo_probes + 1))
-        fits = ClientWork.from_dict(update.work)
-        check_fits(fits, fed.devices[c], what=f"FLUX client {c}")
-        device = fed.devices[c]
-        extra["profile_sim_seconds"] = self._forward_seconds(stats, current.n_tokens, device)
+        check_fits(ClientWork.from_dict(update.work), fed.devices[c], what=f"FLUX client {c}")
+        extra["profile_sim_seconds"] = self._forward_seconds(stats, current.n_tokens, fed.devices[c])
         return update
 
-    def _zero_order(self, model, task: ClientTask, probe_set: list) -> dict[str, float]:
-        """ZO estimates of ||g||^2 for the plan's probe experts (their merged slots), on one local batch."""
+    def _zero_order(self, model, task: ClientTask, batch: dict) -> dict[str, float]:
+        """ZO estimates of ||g||^2 for the plan's probe experts (their merged slots), on one local batch
+        (loss on the batch's non-padding tokens)."""
         a, layers = self.args, moe_layers(model)
-        batch = collate_train(self.fed.tokenizer, probe_set[: self.fed.cfg.fed.batch_size], self.fed.cfg.fed.max_length)
+        batch = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
         gen = torch.Generator().manual_seed(client_seed(self.fed.cfg.seed, task.round, task.client_id))
         model.eval()
 
@@ -190,10 +193,14 @@ class Flux(ExpertMethod):
         """Cost-model inputs: the client's structure as fractions of the priced model's experts; downloads its
         bf16 experts (tuning + merged) and the INT4 global experts it profiles; uploads its tuning experts.
         Profiling is forward-only work, hidden by the overlap when stale; otherwise (and for zeroth-order
-        probes) it is added to the training compute."""
-        pm, n_tiny = self.pm, self.num_layers * self.num_experts
-        trainable = math.floor(tuned / n_tiny * pm.total_experts)
-        slots = max(trainable + pm.num_layers, math.floor((tuned + merged_slots) / n_tiny * pm.total_experts))
+        probes) it is added to the training compute. The result fits the device by construction of
+        :func:`flux_budget` (checked in :meth:`client_update`)."""
+        pm, n_tiny, budget = self.pm, self.num_layers * self.num_experts, self.budgets[client]
+        # The trained model's structure as fractions of the priced model's experts, capped by the budget where
+        # the trained model has too few experts to express it (e.g. at least one tuning expert).
+        trainable = min(budget.tune_priced, math.floor(tuned / n_tiny * pm.total_experts))
+        slots = min(budget.tune_priced + budget.slots_priced,
+                    max(trainable + pm.num_layers, math.floor((tuned + merged_slots) / n_tiny * pm.total_experts)))
         work = expert_work(
             self.fed, pm, stats, trainable=trainable, slots=slots, tuned_token_share=tuned_share,
             bytes_down=slots * pm.expert_bytes[16] + pm.total_experts * pm.expert_bytes[4],

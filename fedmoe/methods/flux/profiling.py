@@ -55,12 +55,20 @@ def received_attention(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
-@torch.no_grad()
-def profile_model(model: nn.Module, tokenizer, examples: Sequence, *, max_length: int = 128,
-                  batch_size: int = 8) -> Profile:
-    """Forward ``examples`` (prompt + answer, as in training) through ``model`` and return its :class:`Profile`."""
+def example_batches(tokenizer, examples: Sequence, *, max_length: int = 128, batch_size: int = 8) -> list[dict]:
+    """Right-padded batches (``input_ids``, ``attention_mask``) of ``examples`` as in training."""
     if not examples:
-        raise ValueError("profile_model needs at least one example")
+        raise ValueError("need at least one example to profile")
+    out = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate_train(tokenizer, examples[start:start + batch_size], max_length)
+        out.append({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    return out
+
+
+@torch.no_grad()
+def profile_model(model: nn.Module, batches: Sequence[dict]) -> Profile:
+    """Forward ``batches`` (:func:`example_batches`) through ``model`` and return its :class:`Profile`."""
     layers = moe_layers(model)
     base = unwrap(model)
     previous = base.config._attn_implementation
@@ -70,10 +78,8 @@ def profile_model(model: nn.Module, tokenizer, examples: Sequence, *, max_length
     received: list[torch.Tensor] = []  # per batch [L_moe, B, S]
     try:
         with record_routing(model, positions=True) as rec:
-            for start in range(0, len(examples), batch_size):
-                batch = collate_train(tokenizer, examples[start:start + batch_size], max_length)
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_attentions=True)
+            for batch in batches:
+                out = model(**batch, output_attentions=True)
                 received.append(torch.stack([received_attention(out.attentions[layer.layer_idx],
                                                                  batch["attention_mask"]) for layer in layers]))
     finally:
@@ -91,10 +97,10 @@ def profile_model(model: nn.Module, tokenizer, examples: Sequence, *, max_length
     return Profile(rec.frequencies(), rec.counts.clone(), attention, int(rec.tokens[0]))
 
 
-def quantized_profile(model: nn.Module, tokenizer, examples: Sequence, *, scheme: str = "nf4", **kwargs) -> Profile:
+def quantized_profile(model: nn.Module, batches: Sequence[dict], *, scheme: str = "nf4") -> Profile:
     """:func:`profile_model` on a ``scheme``-quantized deep copy of ``model`` (experts and decoder linears)."""
     quantized = quantize_model(copy.deepcopy(model), scheme, copy_model=False).model
-    return profile_model(quantized, tokenizer, examples, **kwargs)
+    return profile_model(quantized, batches)
 
 
 def profile_error(profile: Profile, reference: Profile) -> float:

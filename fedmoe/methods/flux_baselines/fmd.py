@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.methods.base import register
 from fedmoe.methods.flux.budget import expert_work, offload_resident, priced_model
-from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, train_experts
+from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, load_fused_state, train_experts
 
 
 @dataclass
@@ -37,8 +37,6 @@ class FMD(ExpertMethod):
 
     def client_model(self, task: ClientTask):
         """The model the client trains: the global model (FMQ quantizes it)."""
-        from fedmoe.methods.flux.experts import load_fused_state
-
         return load_fused_state(self.fed.base_model(), task.tensors)
 
     def client_update(self, task: ClientTask) -> ClientUpdate:

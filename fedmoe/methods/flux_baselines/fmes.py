@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import torch
 
 from fedmoe.fl.contract import ClientTask, ClientUpdate
+from fedmoe.fl.cost import token_flops
 from fedmoe.fl.federation import client_seed
 from fedmoe.methods.base import register
 from fedmoe.methods.flux.budget import expert_work, fmes_kept, priced_model, tiny_count
 from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, load_fused_state, train_experts
 from fedmoe.methods.flux.method import profile_subset
-from fedmoe.methods.flux.profiling import quantized_profile
+from fedmoe.methods.flux.profiling import example_batches, quantized_profile
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import keep_experts
 
@@ -50,8 +51,8 @@ class FMES(ExpertMethod):
         examples = fed.client_data(c)
         model = load_fused_state(fed.base_model(), task.tensors)
         probe = profile_subset(examples, self.args.profile_examples, client_seed(fed.cfg.seed, 0, c))
-        profile = quantized_profile(model, fed.tokenizer, probe, scheme=self.args.profile_scheme,
-                                    max_length=cfg.max_length, batch_size=cfg.batch_size)
+        batches = example_batches(fed.tokenizer, probe, max_length=cfg.max_length, batch_size=cfg.batch_size)
+        profile = quantized_profile(model, batches, scheme=self.args.profile_scheme)
         keep = [sorted(torch.argsort(-row, stable=True)[: self.kept[c]].tolist()) for row in profile.freq]
         keep_experts(model, keep)
         stats = train_experts(fed, model, task, examples).stats
@@ -67,8 +68,6 @@ class FMES(ExpertMethod):
         update.work = expert_work(fed, pm, stats, trainable=kept, slots=kept, tuned_token_share=1.0,
                                   bytes_down=kept * pm.expert_bytes[16] + pm.total_experts * pm.expert_bytes[4],
                                   bytes_up=kept * pm.expert_bytes[16])
-        from fedmoe.fl.cost import token_flops
-
         f = token_flops(fed.priced_config, seq_len=max(1, int(stats.tokens / max(stats.examples, 1))))
         update.work["train_flops"] += f.forward * profile.n_tokens * fed.cfg.cost.tokens_scale
         return update

@@ -1,0 +1,96 @@
+"""FLAME's experiment grid, shared by ``notebooks/flame`` and ``reproduce/bench_flame.py``: the compute settings,
+one run config per (method, setting), and the numbers the figures show (score, FLOPs per client, FLAME's lead).
+
+Compute settings are device fleets (:mod:`fedmoe.fl.devices`): ``homogeneous`` (every client an RTX 3090,
+tier 0), ``uniform`` (a third each of tiers 0, 1, 2) and ``heavy-tail`` (60% tier 2, 30% tier 1, 10% tier 0).
+The baselines spend a weak tier's budget on LoRA rank, FLAME on activated experts (equal-budget comparison);
+FedIT, homogeneous by design, runs at the rank of the setting's weakest tier (alpha scaled to keep alpha/r).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import fedmoe
+from fedmoe.config import RunConfig, load_config
+from fedmoe.experiment import run
+from fedmoe.fl.devices import get_fleet
+from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
+from fedmoe.results import load_rounds, load_summary
+
+SETTINGS = {"homogeneous": "rtx-3090-24gb", "uniform": "uniform", "heavy-tail": "heavy-tail"}
+BASELINES = ("hetlora", "flexlora", "flora", "fedit")
+METHODS = ("flame", *BASELINES)
+CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "flame.yaml"
+ZOO_SCALE = {"default": "default-top4"}  # zoo model per run scale: top-4 gives FLAME's ladder k = 4, 2, 1
+
+
+def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
+                overrides: dict[str, Any] | None = None, method_args: dict[str, Any] | None = None) -> RunConfig:
+    """The run config of ``method`` in compute ``setting`` at ``scale`` (``overrides``: dotted config keys)."""
+    if setting not in SETTINGS:
+        raise KeyError(f"unknown compute setting {setting!r}; choose one of {sorted(SETTINGS)}")
+    over: dict[str, Any] = {"name": f"flame-{setting}", "method": method, "seed": seed,
+                            "cost.fleet": SETTINGS[setting]}
+    if scale in ZOO_SCALE:
+        over["model.scale"] = ZOO_SCALE[scale]
+    cfg = load_config(CONFIG, {**over, **(overrides or {})}, scale=scale)
+    args = {**cfg.method_args, **(method_args or {})}
+    cfg.method_args = fedit_args(cfg, args) if method == "fedit" else args
+    return cfg
+
+
+def setting_tiers(cfg: RunConfig, args: dict[str, Any]) -> list[int]:
+    """Every client's compute tier in the run ``cfg`` describes (as the methods derive it)."""
+    devices = get_fleet(cfg.cost.fleet).assign(cfg.fed.num_clients, cfg.seed)
+    return client_tiers(devices, args.get("tiers"), args.get("tier_tflops", DEFAULT_TIER_TFLOPS))
+
+
+def fedit_args(cfg: RunConfig, args: dict[str, Any]) -> dict[str, Any]:
+    """FedIT's options in a setting: the weakest tier's rank for every client, alpha scaled to keep alpha/r."""
+    rank = ladder(int(args["rank"]), max(setting_tiers(cfg, args)))
+    return {"rank": rank, "alpha": float(args["alpha"]) * rank / int(args["rank"]),
+            "attention": bool(args.get("attention", False))}
+
+
+def run_grid(methods: Iterable[str], settings: Iterable[str], *, out_dir: str | Path, scale: str = "default",
+             seed: int = 0, overrides: dict[str, Any] | None = None, method_args: dict[str, Any] | None = None,
+             progress: bool = False) -> dict[tuple[str, str], Path]:
+    """Run (or reuse finished runs of) every method in every setting; ``{(method, setting): run folder}``."""
+    folders = {}
+    for setting in settings:
+        for method in methods:
+            args = method_args if method == "flame" else None
+            cfg = make_config(method, setting, scale=scale, seed=seed, overrides=overrides, method_args=args)
+            folders[method, setting] = run(cfg, out_dir=out_dir, progress=progress)
+    return folders
+
+
+def final_score(folder: str | Path) -> float:
+    """The score after the last round."""
+    return float(load_summary(folder)["final_score"])
+
+
+def lead(scores: dict[str, float]) -> float:
+    """FLAME's score minus the best baseline's, in score points (x100); positive means FLAME leads."""
+    baselines = [v for m, v in scores.items() if m != "flame"]
+    if "flame" not in scores or not baselines:
+        raise KeyError(f"need FLAME and at least one baseline, got {sorted(scores)}")
+    return 100.0 * (scores["flame"] - max(baselines))
+
+
+def client_budgets(folder: str | Path) -> list[dict[str, Any]]:
+    """One row per client that trained in the run: device, tier, top-k, rank and train FLOPs per token
+    (mean over the rounds it was sampled in), sorted by client."""
+    rows: dict[int, dict[str, Any]] = {}
+    for record in load_rounds(folder):
+        for cid, extra in record.get("client_extra", {}).items():
+            row = rows.setdefault(int(cid), {"client": int(cid), "device": record["devices"][cid], "tier": extra["tier"],
+                                             "top_k": extra["top_k"], "rank": extra["rank"], "flops": []})
+            row["flops"].append(extra["flops_per_token"])
+    for row in rows.values():
+        flops = row.pop("flops")
+        row["flops_per_token"] = sum(flops) / len(flops)
+    return [rows[c] for c in sorted(rows)]

@@ -1,0 +1,6 @@
+"""FLUX: quantized profiling, layer-aware merging of non-tuning experts, dynamic expert role assignment."""
+
+from fedmoe.methods.flux.args import FluxArgs
+from fedmoe.methods.flux.method import Flux
+
+__all__ = ["Flux", "FluxArgs"]

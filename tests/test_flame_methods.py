@@ -1,0 +1,175 @@
+"""FLAME, HetLoRA, FlexLoRA and FLoRA as federated methods on the smoke model: budgets per tier, what a client
+receives and sends, server aggregation on hand-built updates, and end-to-end runs through the runner."""
+
+import pytest
+import torch
+
+from fedmoe.config import load_config
+from fedmoe.experiment import run
+from fedmoe.fl.contract import ClientUpdate
+from fedmoe.fl.federation import Federation
+from fedmoe.methods import get_method
+from fedmoe.methods.hetero.adapters import adapted_base_weights
+from fedmoe.methods.hetero.lowrank import from_factors, products, to_factors
+from fedmoe.moe.lora import get_expert_lora
+from fedmoe.results import load_rounds
+
+TIERS = [0, 1, 2, 0]  # explicit tiers for the 4 smoke clients
+
+
+def _cfg(method="flame", **overrides):
+    over = {"method": method, "model.name": "tiny-olmoe", "fed.rounds": 1, "method_args.rank": 4,
+            "method_args.tiers": TIERS, **overrides}
+    return load_config(None, over, scale="smoke")
+
+
+@pytest.fixture(scope="module")
+def fed():
+    return Federation.from_config(_cfg())
+
+
+def _method(fed, name, **args):
+    return get_method(name)(fed, {"rank": 4, "tiers": TIERS, **args})
+
+
+def _const_state(method, rank, value):
+    """A LoRA state of ``rank`` components per expert, every entry ``value``."""
+    return from_factors({p: (torch.full((a.shape[0], rank, a.shape[2]), value), torch.full((b.shape[0], b.shape[1],
+                         rank), value)) for p, (a, b) in method.factors(method.global_state).items()})
+
+
+def _update(cid, state, n, **extra):
+    return ClientUpdate(cid, 1, state, num_examples=n, metrics={"tokens": 10}, extra={"rank": 4, "top_k": 2, **extra})
+
+
+def test_budgets_per_tier(fed):
+    flame, het = _method(fed, "flame"), _method(fed, "hetlora")
+    assert flame.full_top_k == 2  # smoke zoo model: 4 experts, top-2 -> ladder 2, 1, 1
+    assert [flame.client_top_k(c) for c in range(4)] == [2, 1, 1, 2]
+    assert [flame.client_rank(c) for c in range(4)] == [4, 4, 4, 4]
+    assert [het.client_rank(c) for c in range(4)] == [4, 2, 1, 4]
+    assert [het.client_top_k(c) for c in range(4)] == [2, 2, 2, 2]
+    plan = {t.client_id: t.plan for t in flame.plan(1, [0, 1])}
+    assert plan[0]["rescale"] == [1.0, 1.0] and plan[1]["rescale"] == [2.0, 2.0]  # k / k_i per MoE layer
+
+
+def test_hetlora_sends_truncation_and_averages_zero_padded(fed):
+    het = _method(fed, "hetlora")
+    tasks = {t.client_id: t for t in het.plan(1, [0, 2])}
+    full = het.factors(het.global_state)
+    for cid, rank in ((0, 4), (2, 1)):
+        got = to_factors(tasks[cid].tensors, het.num_experts)
+        assert all(torch.equal(a, full[p][0][:, :rank]) and torch.equal(b, full[p][1][:, :, :rank])
+                   for p, (a, b) in got.items())
+    # client 0 (rank 4, |D| = 1) all ones; client 2 (rank 1, |D| = 3) all fives:
+    # first component (1 + 3*5) / 4 = 4, the other three (1 + 3*0) / 4 = 0.25
+    het.aggregate(1, [_update(0, _const_state(het, 4, 1.0), 1), _update(2, _const_state(het, 1, 5.0), 3)])
+    for a, b in het.factors(het.global_state).values():
+        assert torch.allclose(a[:, 0], torch.full_like(a[:, 0], 4.0)) and torch.allclose(a[:, 1:], torch.tensor(0.25))
+        assert torch.allclose(b[:, :, 0], torch.tensor(4.0)) and torch.allclose(b[:, :, 1:], torch.tensor(0.25))
+
+
+def test_truncated_client_trains_only_its_components(fed):
+    het = _method(fed, "hetlora")
+    task = next(t for t in het.plan(1, [2]))  # tier 2: rank 1
+    _, state = het.fit(task, het.padded(task.tensors), top_k=het.full_top_k)
+    for p, (a, b) in het.factors(state).items():
+        assert torch.count_nonzero(a[:, 1:]) == 0 and torch.count_nonzero(b[:, :, 1:]) == 0, p
+        assert torch.count_nonzero(b[:, :, 0]) > 0, p  # the live component did train
+    update = het.client_update(task)
+    assert all(a.shape[1] == 1 for a, _ in het.factors(update.tensors).values())
+    assert update.extra["rank"] == 1 and update.work["train_flops"] > 0
+
+
+def test_flexlora_averages_products_and_redistributes_by_svd(fed):
+    flex = _method(fed, "flexlora")
+    # all-ones rank-r factors: B A = r * ones; (1 * 4 + 3 * 1) / 4 * ones = 1.75 * ones (rank 1)
+    flex.aggregate(1, [_update(0, _const_state(flex, 4, 1.0), 1), _update(2, _const_state(flex, 1, 1.0), 3)])
+    for d in flex.delta.values():
+        assert torch.allclose(d, torch.full_like(d, 1.75))
+    tasks = {t.client_id: t for t in flex.plan(2, [0, 2])}
+    for cid, rank in ((0, 4), (2, 1)):
+        got = to_factors(tasks[cid].tensors, flex.num_experts)
+        for p, prod in products(got).items():  # Delta W has rank 1: every client gets it exactly
+            assert got[p][0].shape[1] == rank and torch.allclose(prod, flex.delta[p], atol=1e-4)
+    merged = adapted_base_weights(flex.eval_model())  # the global model: base + alpha / r * Delta W
+    scaling = flex.args.alpha / flex.args.rank
+    assert all(torch.allclose(merged[p], flex._base[p] + scaling * 1.75, atol=1e-5) for p in merged)
+
+
+def test_flora_merges_stacked_update_into_base(fed):
+    flora = _method(fed, "flora")
+    base = adapted_base_weights(flora._server)
+    # weights 1 and 3: 0.25 * (4 * 1 * 1) + 0.75 * (1 * 2 * 2) = 1 + 3 = 4 in every entry of B A
+    flora.aggregate(1, [_update(0, _const_state(flora, 4, 1.0), 1, rank=4),
+                        _update(2, _const_state(flora, 1, 2.0), 3, rank=1)])
+    assert flora.last_stack["rank"] == 5
+    scaling = flora.args.alpha / flora.args.rank
+    merged = adapted_base_weights(flora.eval_model())
+    assert all(torch.allclose(merged[p], base[p] + scaling * 4.0, atol=1e-5) for p in base)
+    # a client rebuilds the same global model from its task, then trains a fresh LoRA on top
+    task = flora.plan(2, [1])[0]
+    update = flora.client_update(task)
+    local = adapted_base_weights(flora.local_model())
+    assert all(torch.allclose(local[p], merged[p], atol=1e-5) for p in base)
+    assert update.extra["rank"] == 2 and all(a.shape[1] == 2 for a, _ in flora.factors(update.tensors).values())
+    assert update.work["bytes_down"] > 0
+
+
+def test_flame_activation_aware_aggregation_on_the_model(fed):
+    flame = _method(fed, "flame", temperature=1.0)
+    layers = len(flame.factors(flame.global_state)) // 2  # two fused tensors per MoE layer
+    s1, s2 = _const_state(flame, 4, 1.0), _const_state(flame, 4, 8.0)
+    # every MoE layer: client 1 routes [3, 1, 0, 0] of 4 tokens, client 2 [0, 4, 0, 0]; |D| = [1, 2]
+    u1 = _update(0, s1, 1, rescale=[1.0] * layers)
+    u1.expert_tokens = [[3, 1, 0, 0]] * layers
+    u2 = _update(1, s2, 2, rescale=[1.0] * layers)
+    u2.expert_tokens = [[0, 4, 0, 0]] * layers
+    u1.metrics["tokens"] = u2.metrics["tokens"] = 4
+    flame.aggregate(1, [u1, u2])
+    model = flame.eval_model()
+    for layer in range(layers):
+        want = [1.0, 65 / 9, 4.5, 4.5]  # see test_flame_aggregation.test_per_expert_weighted_average_by_hand
+        for e, value in enumerate(want):
+            for t in get_expert_lora(model, layer, e).values():
+                assert torch.allclose(t, torch.full_like(t, value), atol=1e-5), (layer, e)
+
+
+def test_flame_client_top_k_and_rescaler(fed):
+    flame = _method(fed, "flame")
+    task = flame.plan(1, [1])[0]  # tier 1: k = 1, rescaler starts at 2
+    update = flame.client_update(task)
+    assert update.extra["top_k"] == 1 and update.extra["rank"] == 4
+    assert all(abs(s - 2.0) > 1e-6 for s in update.extra["rescale"])  # trained
+    counts = torch.tensor(update.expert_tokens)
+    assert torch.equal(counts.sum(-1), torch.full_like(counts.sum(-1), update.metrics["tokens"]))  # one expert/token
+    assert flame.local_model().config.num_experts_per_tok == 2  # restored after training
+    fixed = _method(fed, "flame", rescaler="fixed").client_update(task)
+    none = _method(fed, "flame", rescaler="none").client_update(task)
+    assert fixed.extra["rescale"] == [2.0, 2.0] and none.extra["rescale"] == [1.0, 1.0]
+    # per-tier rescaler: |D|-weighted mean of the tier's clients (tiers 1 and 2 both have k = 1)
+    u1 = _update(1, update.tensors, 1, top_k=1, rescale=[1.0, 3.0])
+    u2 = _update(2, update.tensors, 3, top_k=1, rescale=[2.0, 2.0])
+    u1.expert_tokens = u2.expert_tokens = update.expert_tokens
+    server = flame.aggregate(1, [u1, u2])
+    assert flame.rescales["k1"] == [1.75, 2.25] and server["rescale_k1"] == 2.0
+    assert flame.plan(2, [2])[0].plan["rescale"] == [1.75, 2.25]
+
+
+@pytest.mark.parametrize("method", ["flame", "hetlora", "flexlora", "flora"])
+def test_end_to_end_and_resume(tmp_path, method):
+    cfg = _cfg(method, **{"fed.rounds": 2})
+    folder = run(cfg, out_dir=tmp_path, progress=False)
+    rounds = load_rounds(folder)
+    assert [r["round"] for r in rounds] == [0, 1, 2] and all("score" in r for r in rounds)
+    extra = rounds[-1]["client_extra"]
+    assert set(extra) == {str(c) for c in rounds[-1]["clients"]}
+    for cid, e in extra.items():
+        tier = TIERS[int(cid)]
+        assert e["tier"] == tier and e["flops_per_token"] > 0
+        if method == "flame":
+            assert (e["top_k"], e["rank"]) == ([2, 1, 1][tier], 4)
+        else:
+            assert (e["top_k"], e["rank"]) == (2, [4, 2, 1][tier])
+    again = run(cfg, out_dir=tmp_path, progress=False)  # a finished run is reused, not retrained
+    assert load_rounds(again) == rounds

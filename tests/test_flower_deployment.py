@@ -1,0 +1,261 @@
+"""The kit's Flower apps run in a real deployment: a SuperLink and two SuperNodes over TLS on 127.0.0.1.
+
+The test generates a throwaway CA and a server certificate, starts ``flower-superlink`` and two
+``flower-supernode`` processes (flwr 1.41 serves Fleet, Control and Runtime APIs on one HTTPS port,
+``--host``/``--port``), submits a copy of the app with ``flwr run <app> <connection> --stream`` where
+the SuperLink connection lives in ``$FLWR_HOME/config.toml`` (inside ``tmp_path``), and checks that the
+run finished with the in-process engine's numbers while every listening socket stayed on loopback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import psutil
+import pytest
+import tomli_w
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fedmoe.config import load_config
+from fedmoe.experiment import SUMMARY_FILE, run, run_id
+from fedmoe.moe.zoo import default_cache_dir
+from fedmoe.results import load_rounds
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LOOPBACK = {"127.0.0.1", "::1"}
+OVERRIDES = ["scale=smoke", "fed.rounds=2"]
+CONNECTION = "fedmoe-tls"
+TIMEOUT_S = 240.0
+
+
+def write_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it: (ca, cert, key) paths."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedmoe test CA")])
+    ca_cert = issue("fedmoe test CA", ca_key, ca_name, ca_key, ca=True)
+    server_cert = issue("127.0.0.1", server_key, ca_name, ca_key, ca=False)
+    paths = folder / "ca.crt", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return paths
+
+
+def tls_peer_name(port: int, ca: Path) -> str:
+    """Common name of the certificate served on 127.0.0.1:``port``, verified against ``ca``."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return dict(item[0] for item in tls.getpeercert()["subject"])["commonName"]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def copy_app(dest: Path) -> Path:
+    """The Flower app as ``flwr run`` bundles it: pyproject (without legacy federations), fedmoe, configs.
+
+    flwr 1.41 migrates a ``[tool.flwr.federations]`` table it finds into ``$FLWR_HOME/config.toml`` and
+    comments it out in place, so the test submits a copy and never lets the CLI touch the repository.
+    """
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    flwr = {k: v for k, v in project["tool"]["flwr"].items() if k != "federations"}
+    dest.mkdir()
+    (dest / "pyproject.toml").write_text(tomli_w.dumps({"project": project["project"], "tool": {"flwr": flwr}}))
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "fedmoe", dest / "fedmoe", ignore=ignore)
+    shutil.copytree(REPO / "reproduce" / "configs", dest / "reproduce" / "configs", ignore=ignore)
+    return dest
+
+
+class ListeningSockets(threading.Thread):
+    """Polls the listening sockets of the watched processes and all their descendants."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.pids: list[int] = []
+        self.seen: set[tuple[str, int, str]] = set()
+        self.stop = threading.Event()
+
+    def watch(self, proc: subprocess.Popen) -> None:
+        """Also watch ``proc`` (and whatever it starts)."""
+        self.pids = [*self.pids, proc.pid]
+
+    def run(self):
+        while not self.stop.is_set():
+            for proc in descendants(self.pids):
+                try:
+                    for conn in proc.net_connections(kind="inet"):
+                        if conn.status == psutil.CONN_LISTEN:
+                            self.seen.add((conn.laddr.ip, conn.laddr.port, proc.name()))
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.stop.wait(0.2)
+
+
+def descendants(pids: list[int]) -> list[psutil.Process]:
+    """The processes ``pids`` and all their children (SuperExec, flwr-serverapp, flwr-clientapp)."""
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            found += [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def stop_all(procs: list[psutil.Process], timeout: float = 10.0) -> None:
+    """Terminate ``procs``, then kill whatever is still alive after ``timeout`` seconds."""
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def log_tails(logs: dict[str, Path], lines: int = 25) -> str:
+    """The last ``lines`` lines of each process log, for failure messages."""
+    parts = []
+    for name, path in logs.items():
+        text = path.read_text(errors="replace").splitlines() if path.exists() else ["<no log>"]
+        parts.append(f"--- {name} ({path}) ---\n" + "\n".join(text[-lines:]))
+    return "\n".join(parts)
+
+
+def test_flower_deployment_over_tls_on_loopback(tmp_path):
+    ca, cert, key = write_certificates(tmp_path)
+    link_port, node_ports = free_ports(1)[0], free_ports(2)
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(
+        {"superlink": {"default": CONNECTION,
+                       CONNECTION: {"address": f"127.0.0.1:{link_port}", "root-certificates": str(ca)}}}))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # SuperExec spawns flwr-serverapp by name
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "FEDMOE_CACHE": str(default_cache_dir()),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    app = copy_app(tmp_path / "fedmoe_app")
+    out_dir = tmp_path / "results"
+    logs_dir = tmp_path / "logs"
+    logs_dir.mkdir()
+    commands = {
+        "superlink": [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert),
+                      "--ssl-keyfile", str(key), "--host", "127.0.0.1", "--port", str(link_port)],
+        **{f"supernode-{i}": [str(BIN / "flower-supernode"), "--root-certificates", str(ca),
+                              "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
+                              "--port", str(port), "--node-config", f"partition-id={i} num-partitions=2"]
+           for i, port in enumerate(node_ports)},
+        "flwr-run": [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream", "--run-config",
+                     f'overrides="{";".join(OVERRIDES)}" out-dir="{out_dir}" config=""'],
+    }
+    logs = {name: logs_dir / f"{name}.log" for name in commands}
+    procs: dict[str, subprocess.Popen] = {}
+    watcher = ListeningSockets()
+    watcher.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        for name, cmd in commands.items():
+            with logs[name].open("w") as log:
+                procs[name] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+            watcher.watch(procs[name])
+            while name == "superlink" and not any(s[1] == link_port for s in watcher.seen):
+                assert procs[name].poll() is None, "flower-superlink exited\n" + log_tails(logs)
+                assert time.monotonic() < deadline, "flower-superlink never listened\n" + log_tails(logs)
+                time.sleep(0.2)
+            if name == "superlink":
+                assert tls_peer_name(link_port, ca) == "127.0.0.1", "the SuperLink does not serve our certificate"
+        try:
+            rc = procs["flwr-run"].wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the deployment run did not finish within {TIMEOUT_S:.0f} s\n" + log_tails(logs))
+        assert rc == 0, "flwr run failed\n" + log_tails(logs)
+        for name in ("superlink", "supernode-0", "supernode-1"):
+            assert procs[name].poll() is None, f"{name} exited early\n" + log_tails(logs)
+    finally:
+        watcher.stop.set()
+        watcher.join()
+        stop_all(descendants([p.pid for p in procs.values()]))
+    cfg = load_config(None, OVERRIDES)
+    folder = out_dir / run_id(cfg)
+    assert (folder / SUMMARY_FILE).exists(), f"no summary in {folder}\n" + log_tails(logs)
+    rounds = load_rounds(folder)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert json.loads((folder / SUMMARY_FILE).read_text())["rounds"] == 2
+
+    seen_ports = {s[1] for s in watcher.seen}
+    assert link_port in seen_ports and set(node_ports) <= seen_ports, f"watcher missed the APIs: {watcher.seen}"
+    public = {s for s in watcher.seen if s[0] not in LOOPBACK}
+    assert not public, f"sockets listening beyond loopback: {sorted(public)}"
+    assert any((flwr_home / "apps").iterdir()), "the FAB was not installed under FLWR_HOME"
+
+    # The ServerApp sends client c to the (c mod 2)-th SuperNode; each task starts one flwr-clientapp there.
+    sampled = [c for r in rounds[1:] for c in r["clients"]]
+    expected = sorted(sum(1 for c in sampled if c % 2 == i) for i in range(2))
+    started = sorted(logs[f"supernode-{i}"].read_text().count("Start `flwr-clientapp` process") for i in range(2))
+    assert started == expected, f"clientapp launches per node {started}, expected {expected}\n" + log_tails(logs)
+
+    local = load_rounds(run(cfg, out_dir=tmp_path / "local", progress=False))
+    for a, b in zip(local, rounds, strict=True):
+        assert b.get("clients") == a.get("clients")
+        for k in ("score", "sim_time", "train_loss"):
+            if a.get(k) is not None:
+                assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k

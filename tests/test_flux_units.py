@@ -1,0 +1,109 @@
+"""FLUX's formulas against hand-computed values: aggregation, merge budget, roles, utility, ZO, attention."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from fedmoe.methods.flux.assignment import eps_at, select_roles, utility, zo_grad_sq
+from fedmoe.methods.flux.budget import layer_merge_budget, spread, tiny_count
+from fedmoe.methods.flux.experts import aggregate_experts, expert_key
+from fedmoe.methods.flux.profiling import Profile, profile_error, received_attention
+
+
+def _state():
+    # 2 MoE layers x 3 experts; each expert a [1, 1] tensor whose value is 10*layer + expert
+    return {f"{layer}.{name}": torch.tensor([[[10.0 * layer + e]] for e in range(3)])
+            for layer in range(2) for name in ("gate_up_proj", "down_proj")}
+
+
+def _upload(pairs):
+    return {expert_key(layer, e, name): torch.tensor([[v]]) for (layer, e), v in pairs.items()
+            for name in ("gate_up_proj", "down_proj")}
+
+
+def test_aggregate_experts_token_weighted_hand_example():
+    state = _state()
+    a = _upload({(0, 1): 1.0, (1, 2): 2.0})
+    b = _upload({(0, 1): 5.0, (1, 0): 7.0})
+    tokens_a = [[0, 3, 0], [0, 0, 0]]  # (1, 2) got no token from a
+    tokens_b = [[0, 1, 0], [4, 0, 0]]
+    new, info = aggregate_experts(state, [a, b], [tokens_a, tokens_b])
+    for name in ("gate_up_proj", "down_proj"):
+        assert new[f"0.{name}"][1].item() == pytest.approx((3 * 1.0 + 1 * 5.0) / 4)  # = 2.0
+        assert new[f"1.{name}"][0].item() == pytest.approx(7.0)  # only b trained it
+        assert new[f"1.{name}"][2].item() == 12.0  # trained by a with zero tokens: keeps its value
+        assert new[f"0.{name}"][0].item() == 0.0 and new[f"0.{name}"][2].item() == 2.0  # nobody trained them
+    assert info == {"experts_updated": 2, "experts_uploaded": 3}
+    assert state["0.gate_up_proj"][1].item() == 1.0  # input untouched
+
+
+def test_layer_merge_budget_formula_by_hand():
+    freq = torch.tensor([[0.5, 0.5, 0.5, 0.5], [1.0, 0.6, 0.3, 0.1], [1.4, 0.4, 0.1, 0.1]])
+    var = [0.0, 0.1175, 0.2825]  # population variances of the rows
+    # b_l = (L - l + 1) / v_l with v_0 = 0 clamped to 1e-12 -> layer 0 takes (almost) all of B_non
+    budget = layer_merge_budget(freq, [4, 4, 4], 6)
+    b = [3 / 1e-12, 2 / var[1], 1 / var[2]]
+    expected = [min(4, max(1, math.floor(x / sum(b) * 6))) for x in b]
+    assert budget == expected == [4, 1, 1]
+    freq2 = freq.clone()
+    freq2[0] = torch.tensor([0.8, 0.6, 0.4, 0.2])  # v_0 = 0.05
+    b = [3 / 0.05, 2 / var[1], 1 / var[2]]
+    assert layer_merge_budget(freq2, [4, 4, 4], 6) == [min(4, max(1, math.floor(x / sum(b) * 6))) for x in b]
+    assert layer_merge_budget(freq2, [4, 4, 4], 6) == [4, 1, 1]  # 6*60/80.56=4.47, 6*17.0/80.56=1.27, 0.26->1
+    assert layer_merge_budget(freq2, [4, 4, 4], 6, rounding="floor") == [4, 1, 1]
+    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform") == [3, 2, 0]  # 7/3 each, +1 to layer 0, clipped
+    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform", rounding="floor") == [2, 2, 0]
+    # shares 12 * [60, 17.02, 3.54] / 80.56 = [8.94, 2.54, 0.53]: floors [8, 2, 0], the 2 slots left go to
+    # layers 0 and 1 (largest remainders) -> [9, 3, 0], clipped to [8, 3, 1]
+    assert layer_merge_budget(freq2, [8, 8, 8], 12) == [8, 3, 1]
+    assert layer_merge_budget(freq, [4, 3, 2], 7, "one_per_layer") == [1, 1, 1]
+
+
+def test_spread_and_tiny_count():
+    assert spread(7, 3) == [3, 2, 2]
+    assert tiny_count(0.037, 32) == 1 and tiny_count(0.0, 32) == 1 and tiny_count(0.25, 32) == 8
+
+
+def test_eps_schedule_and_select_roles():
+    assert eps_at(1, 11, "linear", 0.3, 0.9, 0.5) == pytest.approx(0.3)
+    assert eps_at(6, 11, "linear", 0.3, 0.9, 0.5) == pytest.approx(0.6)
+    assert eps_at(11, 11, "linear", 0.3, 0.9, 0.5) == pytest.approx(0.9)
+    assert eps_at(4, 11, "fixed", 0.3, 0.9, 0.5) == 0.5
+    u = torch.tensor([[5.0, float("nan"), 1.0], [4.0, 3.0, float("nan")]])
+    assert select_roles(u, 3, 1.0, random.Random(0)) == [[0], [0, 1]]  # top-3 known utilities
+    roles = select_roles(u, 4, 0.5, random.Random(0))  # 2 exploited (5.0, 4.0) + 2 explored
+    assert 0 in roles[0] and 0 in roles[1] and sum(map(len, roles)) == 4
+    assert sum(map(len, select_roles(u, 6, 0.0, random.Random(1)))) == 6
+    with pytest.raises(ValueError, match="tuning budget"):
+        select_roles(u, 7, 0.5, random.Random(0))
+
+
+def test_utility_formula():
+    tokens = torch.tensor([[4, 0], [9, 1]])
+    grad_sq = torch.tensor([[0.25, 1.0], [4.0, 0.0]])
+    assert utility(tokens, grad_sq).tolist() == [[2.0, 0.0], [18.0, 0.0]]
+
+
+def test_zero_order_estimate_matches_gradient_norm():
+    g = torch.tensor([3.0, -4.0, 1.0])  # linear loss L(w) = g.w has ||g||^2 = 26
+    w = torch.zeros(3, dtype=torch.float64)
+    est = zo_grad_sq(lambda: float(g.double() @ w), [w], 1e-3, 4000, torch.Generator().manual_seed(0))
+    assert est == pytest.approx(26.0, rel=0.08)
+    assert torch.equal(w, torch.zeros(3, dtype=torch.float64))  # restored
+
+
+def test_received_attention_by_hand():
+    attn = torch.tensor([[[[1.0, 0.0, 0.0], [0.6, 0.4, 0.0], [0.2, 0.3, 0.5]]]])  # B=1, H=1
+    out = received_attention(attn, torch.tensor([[1, 1, 1]]))
+    assert out[0].tolist() == pytest.approx([(1.0 + 0.6 + 0.2) / 3, (0.4 + 0.3) / 2, 0.5])
+    out = received_attention(attn, torch.tensor([[1, 1, 0]]))  # last token is padding: not a query
+    assert out[0, :2].tolist() == pytest.approx([(1.0 + 0.6) / 2, 0.4])
+
+
+def test_profile_error_relative_l1():
+    ref = Profile(torch.tensor([[1.0, 1.0]]), torch.tensor([[2, 2]]), torch.zeros(1, 2), 2)
+    other = Profile(torch.tensor([[1.5, 0.5]]), torch.tensor([[3, 1]]), torch.zeros(1, 2), 2)
+    assert profile_error(other, ref) == pytest.approx(0.5)
+    assert Profile.from_dict(other.to_dict()).tokens.tolist() == [[3, 1]]
