@@ -139,13 +139,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any] | list[str] | None
     if not overrides:
         return cfg
     if isinstance(overrides, list):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} is not of the form key=value (e.g. fed.rounds=5)")
-            key, value = item.split("=", 1)
-            pairs[key.strip()] = _parse_value(value)
-        overrides = pairs
+        overrides = dict(_split_override(item) for item in overrides)
     data = cfg.to_dict()
     for key, value in overrides.items():
         parts = key.split(".")
@@ -193,9 +187,11 @@ def load_config(
     *,
     scale: str | None = None,
 ) -> RunConfig:
-    """Load a run config: defaults <- scale preset <- YAML file <- overrides.
+    """Load a run config: defaults <- YAML file <- scale preset <- overrides.
 
-    The scale preset is applied first so a YAML file or an override can still change any size.
+    A YAML file describes an experiment at the default scale; the ``smoke`` and ``paper`` presets then
+    resize it (clients, rounds, data sizes), and explicit overrides win over everything. The scale is
+    taken from ``scale=``, else a ``scale`` override, else the file, else ``default``.
     """
     file_data: dict[str, Any] = {}
     if path is not None:
@@ -203,27 +199,24 @@ def load_config(
         if not path.exists():
             raise FileNotFoundError(f"config file {path} does not exist (configs live in reproduce/configs/)")
         file_data = yaml.safe_load(path.read_text()) or {}
-    flat = dict(overrides) if isinstance(overrides, dict) else {}
-    listed = [o for o in overrides] if isinstance(overrides, list) else []
-    # The scale can come from any layer; the most specific wins.
-    chosen = scale or file_data.get("scale") or "default"
-    for item in listed:
-        if item.startswith("scale="):
-            chosen = item.split("=", 1)[1].strip()
-    chosen = flat.get("scale", chosen)
+    if isinstance(overrides, list):
+        overrides = dict(_split_override(item) for item in overrides)
+    overrides = dict(overrides or {})
+    chosen = scale or overrides.pop("scale", None) or file_data.get("scale") or "default"
+    overrides.pop("scale", None)
     if chosen not in SCALES:
         raise ValueError(f"unknown scale {chosen!r}; use one of {SCALES}")
-    cfg = apply_overrides(RunConfig(scale=chosen), SCALE_PRESETS[chosen])
-    merged = cfg.to_dict()
-    for key, value in file_data.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    merged["scale"] = chosen
-    cfg = from_dict(merged)
-    cfg = apply_overrides(cfg, flat or None)
-    return apply_overrides(cfg, listed or None)
+    cfg = from_dict({**file_data, "scale": chosen})
+    cfg = apply_overrides(cfg, SCALE_PRESETS[chosen])
+    return apply_overrides(cfg, overrides)
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    """``"fed.rounds=5"`` -> ``("fed.rounds", 5)``."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form key=value (e.g. fed.rounds=5)")
+    key, value = item.split("=", 1)
+    return key.strip(), _parse_value(value)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -5,14 +5,14 @@ import pytest
 from fedmoe.config import RunConfig, apply_overrides, load_config
 
 
-def test_scale_preset_then_file_then_overrides(tmp_path):
+def test_file_then_scale_preset_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("method: fedit\nfed:\n  rounds: 7\n")
+    path.write_text("method: flame\nfed:\n  rounds: 7\n  lr: 0.5\n")
     cfg = load_config(path, ["fed.lr=0.01", "method_args.rank=4"], scale="smoke")
-    assert cfg.scale == "smoke" and cfg.model.scale == "smoke"
-    assert cfg.fed.num_clients == 4  # from the smoke preset
-    assert cfg.fed.rounds == 7  # the file wins over the preset
-    assert cfg.fed.lr == 0.01 and cfg.method_args == {"rank": 4}  # overrides win over the file
+    assert cfg.scale == "smoke" and cfg.model.scale == "smoke" and cfg.method == "flame"
+    assert cfg.fed.num_clients == 4 and cfg.fed.rounds == 2  # the smoke preset resizes the file's experiment
+    assert cfg.fed.lr == 0.01 and cfg.method_args == {"rank": 4}  # overrides win over everything
+    assert load_config(path).fed.rounds == 7  # at the default scale the file's sizes stand
 
 
 def test_unknown_key_names_valid_keys():

@@ -41,7 +41,7 @@ BIN = Path(sys.executable).parent
 LOOPBACK = {"127.0.0.1", "::1"}
 OVERRIDES = ["scale=smoke", "fed.rounds=2"]
 CONNECTION = "fedmoe-tls"
-TIMEOUT_S = 240.0
+TIMEOUT_S = 360.0  # a hang guard: ~70 s on an idle 2-core CPU, ~4 min when other jobs hold both cores
 
 
 def write_certificates(folder: Path) -> tuple[Path, Path, Path]:
@@ -127,14 +127,15 @@ class ListeningSockets(threading.Thread):
 
     def run(self):
         while not self.stop.is_set():
-            for proc in descendants(self.pids):
-                try:
-                    for conn in proc.net_connections(kind="inet"):
-                        if conn.status == psutil.CONN_LISTEN:
-                            self.seen.add((conn.laddr.ip, conn.laddr.port, proc.name()))
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.stop.wait(0.2)
+            ours = {proc.pid: proc for proc in descendants(self.pids)}
+            # One system-wide scan is far cheaper than one per process (which rereads /proc/net each time).
+            for conn in psutil.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN and conn.pid in ours:
+                    try:
+                        self.seen.add((conn.laddr.ip, conn.laddr.port, ours[conn.pid].name()))
+                    except psutil.NoSuchProcess:
+                        pass
+            self.stop.wait(0.5)
 
 
 def descendants(pids: list[int]) -> list[psutil.Process]:

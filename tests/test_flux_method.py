@@ -39,6 +39,7 @@ def _batches(vocab=256, n=4, seq=12, seed=0):
 
 def test_profile_counts_frequencies_and_attention(tiny_moe):
     model = tiny_moe("mixtral", num_experts=4, top_k=2)
+    before = model.config._attn_implementation
     prof = profile_model(model, _batches())
     valid = sum(int(b["attention_mask"].sum()) for b in _batches())
     assert prof.n_tokens == valid
@@ -46,7 +47,7 @@ def test_profile_counts_frequencies_and_attention(tiny_moe):
     assert torch.allclose(prof.freq.sum(1), torch.full((prof.freq.shape[0],), 2.0, dtype=prof.freq.dtype))
     used = prof.tokens > 0
     assert bool((prof.attention[used] > 0).all()) and bool((prof.attention <= 1).all())
-    assert model.config._attn_implementation != "eager" or model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == before  # eager attention only while profiling
 
 
 def test_merge_keeps_tuning_experts_and_weights_groups_by_alpha(tiny_moe):
@@ -70,7 +71,7 @@ def test_merge_keeps_tuning_experts_and_weights_groups_by_alpha(tiny_moe):
     plan = plan_merge(dropped, [[1], []], [2, 4], prof, drop=True)  # keep most frequent (0), drop 2, 3
     apply_merge(dropped, plan)
     layer = moe_layers(dropped)[0]
-    assert plan.dropped[0] == [2, 3] and float(layer.down_proj[int(layer.expert_map[2])].abs().sum()) == 0.0
+    assert plan.dropped[0] == [2, 3] and float(layer.down_proj.detach()[int(layer.expert_map[2])].abs().sum()) == 0.0
     assert torch.equal(layer.down_proj[int(layer.expert_map[0])], ref0.down_proj[0])
 
 

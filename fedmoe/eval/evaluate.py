@@ -54,7 +54,7 @@ def generate(
         )
         for row in out[:, batch["input_ids"].shape[1] :]:
             text = tokenizer.decode(row, skip_special_tokens=True)
-            outputs.append(text.split("\n", 1)[0] if stop_at_newline else text)
+            outputs.append((text.split("\n", 1)[0] if stop_at_newline else text).strip())
     return outputs
 
 

@@ -111,19 +111,22 @@ def cache_key(name: str, scale: str | ZooScale = "default", seed: int = 0) -> st
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts`` (plus the prompt templates), pad/eos set.
 
-    Byte-level, so any string round-trips; special tokens take ids 0 (pad), 1 (bos), 2 (eos).
+    Byte-level, so any string round-trips (up to the one leading space the pre-tokenizer adds); special
+    tokens take ids 0 (pad), 1 (bos), 2 (eos).
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} is below the 256 bytes + {len(SPECIAL_TOKENS)} special tokens")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # A prefix space makes a text's first word the same token as that word mid-sentence: an answer
+    # tokenised on its own ("Quenbar" -> " Quenbar") then reuses what pretraining learnt about the word.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     templates = [PROMPT_TEMPLATE, PROMPT_TEMPLATE_WITH_CONTEXT] * 50
     tok.train_from_iterator(list(texts) + templates, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL_TOKENS[0], bos_token=SPECIAL_TOKENS[1],
-                                   eos_token=SPECIAL_TOKENS[2])
+                                   eos_token=SPECIAL_TOKENS[2], clean_up_tokenization_spaces=False)
 
 
 def _pack(tokenizer: PreTrainedTokenizerFast, texts: list[str], seq_len: int) -> torch.Tensor:

@@ -25,6 +25,9 @@ BASELINES = ("hetlora", "flexlora", "flora", "fedit")
 METHODS = ("flame", *BASELINES)
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "flame.yaml"
 ZOO_SCALE = {"default": "default-top4"}  # zoo model per run scale: top-4 gives FLAME's ladder k = 4, 2, 1
+# Federation sizes per run scale (smoke and paper take the config presets): ~20 CPU-minutes for all notebooks.
+SIZES = {"default": {"fed.num_clients": 10, "fed.clients_per_round": 5, "fed.rounds": 8, "fed.local_steps": 8,
+                     "fed.eval_every": 4}}
 
 
 def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
@@ -36,6 +39,7 @@ def make_config(method: str, setting: str, *, scale: str = "default", seed: int 
                             "cost.fleet": SETTINGS[setting]}
     if scale in ZOO_SCALE:
         over["model.scale"] = ZOO_SCALE[scale]
+    over.update(SIZES.get(scale, {}))
     cfg = load_config(CONFIG, {**over, **(overrides or {})}, scale=scale)
     args = {**cfg.method_args, **(method_args or {})}
     cfg.method_args = fedit_args(cfg, args) if method == "fedit" else args
@@ -94,3 +98,18 @@ def client_budgets(folder: str | Path) -> list[dict[str, Any]]:
         flops = row.pop("flops")
         row["flops_per_token"] = sum(flops) / len(flops)
     return [rows[c] for c in sorted(rows)]
+
+
+def sampling_sizes(cfg: RunConfig, fractions: Iterable[float] = (0.2, 0.5, 1.0)) -> list[int]:
+    """Clients per round for the client-sampling sweep: ``fractions`` of the run's clients (at least 1)."""
+    return sorted({max(1, round(f * cfg.fed.num_clients)) for f in fractions})
+
+
+def rescale_trace(folder: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """FLAME's per-tier rescalers after each round, ``{"k2": [(round, mean over MoE layers), ...]}``."""
+    trace: dict[str, list[tuple[int, float]]] = {}
+    for record in load_rounds(folder):
+        for key, value in record.get("server", {}).items():
+            if key.startswith("rescale_"):
+                trace.setdefault(key[len("rescale_"):], []).append((record["round"], value))
+    return trace

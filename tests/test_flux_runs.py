@@ -1,0 +1,93 @@
+"""FLUX and its baselines through one round on the smoke federation, and FLUX's exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from fedmoe.config import load_config
+from fedmoe.experiment import run
+from fedmoe.fl.cost import ClientWork, check_fits
+from fedmoe.fl.federation import Federation
+from fedmoe.methods.base import get_method
+from fedmoe.methods.flux.experts import parse_key
+from fedmoe.results import load_rounds
+
+CONFIG = "reproduce/configs/flux.yaml"
+
+
+def _cfg(method="flux", **over):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return load_config(root / CONFIG, {"method": method, "fed.rounds": 2, "fed.local_steps": 2, **over}, scale="smoke")
+
+
+@pytest.fixture(scope="module")
+def fed():
+    return Federation.from_config(_cfg())
+
+
+def test_flux_client_uploads_only_tuning_experts_and_fits(fed):
+    method = get_method("flux")(fed, {"profile_examples": 8})
+    tasks = method.plan(1, [0, 1])
+    updates = [method.client_update(t) for t in tasks]
+    before = {k: v.clone() for k, v in method.global_state.items()}
+    for task, update in zip(tasks, updates, strict=True):
+        tuning = {(layer, e) for layer, t in enumerate(task.plan["tuning"]) for e in t}
+        assert {parse_key(k)[:2] for k in update.tensors} == tuning
+        assert len(tuning) == method.tune_counts[task.client_id]
+        check_fits(ClientWork.from_dict(update.work), fed.devices[task.client_id])
+        assert sum(update.extra["slots"]) <= len(tuning) + method.slot_counts[task.client_id]
+        assert 0 <= update.extra["profile_error"] <= 2 and update.extra["stale"] is False
+        assert set(update.extra["grad_sq"]) == {f"{layer}.{e}" for layer, e in tuning}
+    method.aggregate(1, updates)
+    uploaded = {parse_key(k)[:2] for u in updates for k in u.tensors}
+    for key, value in method.global_state.items():
+        layer = int(key.split(".")[0])
+        for e in range(value.shape[0]):
+            if (layer, e) not in uploaded:
+                assert torch.equal(value[e], before[key][e])  # nobody trained it: unchanged
+    assert not torch.isnan(method.utilities[tasks[0].client_id]).all()
+    assert set(method.profiles) == {0, 1}
+    nxt = method.plan(2, [0])[0]
+    assert nxt.plan["profile"] == method.profiles[0]  # stale profiling: round 2 merges with round 1's profile
+
+
+def test_baselines_price_offloading_dropping_and_quantization(fed):
+    fmd = get_method("fmd")(fed, {})
+    task = fmd.plan(1, [0])[0]
+    u = fmd.client_update(task)
+    pm, res = fmd.pm, fmd.resident[0]
+    steps = u.metrics["steps"]
+    assert u.work["host_device_bytes"] == (pm.total_experts - res) * (2 * pm.expert_bytes[16] + pm.expert_bytes[16]) * steps
+    check_fits(ClientWork.from_dict(u.work), fed.devices[0])
+    assert len(u.tensors) == 2 * pm.total_experts // pm.total_experts * len(u.expert_tokens) * len(u.expert_tokens[0])
+    fmq = get_method("fmq")(fed, {})
+    uq = fmq.client_update(fmq.plan(1, [0])[0])
+    assert uq.work["host_device_bytes"] < u.work["host_device_bytes"] and uq.work["bytes_down"] < u.work["bytes_down"]
+    assert uq.work["memory_bytes"] <= fed.devices[0].memory_bytes
+    fmes = get_method("fmes")(fed, {"profile_examples": 8})
+    ue = fmes.client_update(fmes.plan(1, [0])[0])
+    kept = ue.extra["kept"]
+    assert {parse_key(k)[:2] for k in ue.tensors} == {(layer, e) for layer, idx in enumerate(kept) for e in idx}
+    assert all(len(idx) == fmes.kept[0] for idx in kept)
+    for layer, row in enumerate(ue.expert_tokens):
+        assert all(row[e] == 0 for e in range(len(row)) if e not in kept[layer])  # dropped experts saw nothing
+    check_fits(ClientWork.from_dict(ue.work), fed.devices[0])
+
+
+@pytest.mark.slow
+def test_flux_resume_is_exact(tmp_path):
+    cfg = _cfg(**{"method_args": {"profile_examples": 8}})
+    full = run(cfg, out_dir=tmp_path / "a", progress=False)
+    run(cfg, out_dir=tmp_path / "b", progress=False, stop_after=1)
+    resumed = run(cfg, out_dir=tmp_path / "b", progress=False)
+    keys = ("round", "score", "sim_time", "round_seconds", "peak_memory", "server")
+    a = [{k: r.get(k) for k in keys} for r in load_rounds(full)]
+    b = [{k: r.get(k) for k in keys} for r in load_rounds(resumed)]
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    sa = torch.load(full / "checkpoint.pt", weights_only=False)["method"]
+    sb = torch.load(resumed / "checkpoint.pt", weights_only=False)["method"]
+    assert torch.equal(torch.nan_to_num(sa["utilities"], -1.0), torch.nan_to_num(sb["utilities"], -1.0))
+    assert all(torch.equal(sa["global"][k], sb["global"][k]) for k in sa["global"])
