@@ -26,6 +26,11 @@ def load_base_model(model_cfg, *, seed: int = 0, progress: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+    elif model_cfg.scale == "paper":
+        raise ValueError(
+            "scale=paper runs a real checkpoint: set model.path to a local Hugging Face MoE checkpoint "
+            "(e.g. --set model.path=/data/OLMoE-1B-7B-0924); the offline zoo has smoke and default sizes only"
+        )
     else:
         from fedmoe.moe.zoo import load_pretrained
 
