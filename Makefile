@@ -9,6 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
+export FLWR_TELEMETRY_ENABLED = 0
+export RAY_USAGE_STATS_ENABLED = 0
+export HF_HUB_DISABLE_TELEMETRY = 1
 export MPLBACKEND = Agg
 
 .PHONY: help setup all test test-all lint nbval reproduce lab clean

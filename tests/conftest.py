@@ -7,6 +7,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Nothing leaves the machine: no Flower/Ray/HF telemetry, Ray bound to loopback.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Tiny models run fastest single-threaded; with 2 threads on a busy 2-core machine OpenMP spin-waiting
 # made a millisecond forward pass take over a second.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

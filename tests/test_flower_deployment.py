@@ -41,7 +41,7 @@ BIN = Path(sys.executable).parent
 LOOPBACK = {"127.0.0.1", "::1"}
 OVERRIDES = ["scale=smoke", "fed.rounds=2"]
 CONNECTION = "fedmoe-tls"
-TIMEOUT_S = 360.0  # a hang guard: ~70 s on an idle 2-core CPU, ~4 min when other jobs hold both cores
+TIMEOUT_S = 360.0  # hang guard: the run took 3-4 min on 2 cores shared with other jobs (est. ~75 s idle)
 
 
 def write_certificates(folder: Path) -> tuple[Path, Path, Path]:

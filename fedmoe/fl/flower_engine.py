@@ -18,13 +18,17 @@ import functools
 import os
 from pathlib import Path
 
-import torch  # noqa: F401  (ArrayRecord.to_torch_state_dict needs torch imported in this process)
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+# Before flwr is imported: it reads these once. No telemetry leaves the machine; no runtime installs.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-from fedmoe.config import RunConfig, from_dict, load_config
-from fedmoe.fl.contract import (
+import torch  # noqa: E402, F401  (ArrayRecord.to_torch_state_dict needs torch imported in this process)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from fedmoe.config import RunConfig, from_dict, load_config  # noqa: E402
+from fedmoe.fl.contract import (  # noqa: E402
     ClientTask,
     ClientUpdate,
     task_from_json,
@@ -129,9 +133,9 @@ def make_server_app(cfg: RunConfig | None = None, *, out_dir: str | Path = "resu
 
 
 def loopback_environment() -> None:
-    """Environment that keeps Ray and Flower on 127.0.0.1 and stops Flower installing packages at run time."""
+    """Environment that keeps Ray on 127.0.0.1 (Flower's own settings are made when this module is imported)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 

@@ -27,7 +27,7 @@ CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / 
 ZOO_SCALE = {"default": "default-top4"}  # zoo model per run scale: top-4 gives FLAME's ladder k = 4, 2, 1
 # Federation sizes per run scale (smoke and paper take the config presets): ~20 CPU-minutes for all notebooks.
 SIZES = {"default": {"fed.num_clients": 10, "fed.clients_per_round": 5, "fed.rounds": 8, "fed.local_steps": 8,
-                     "fed.eval_every": 4}}
+                     "fed.lr": 1e-2, "fed.eval_every": 4, "data.n_test": 100}}
 
 
 def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
