@@ -33,7 +33,7 @@ from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.routing import record_routing
 
 # Bump when the pretraining recipe changes in a way the hashed fields do not capture.
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|endoftext|>")  # ids 0, 1, 2: tiny_config's pad/bos/eos ids
 META_FILE = "fedmoe_zoo.json"
 
