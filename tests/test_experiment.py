@@ -50,3 +50,24 @@ def test_existing_run_with_other_config_is_left_untouched(tmp_path):
     with pytest.raises(FileExistsError, match="resume"):
         run(_cfg(**{"fed.rounds": 1}), out_dir=tmp_path, run_name="x", resume=False, progress=False)
     assert (folder / "rounds.jsonl").read_text() == before
+
+
+def test_task_that_does_not_fit_its_device_is_a_clear_error(tmp_path):
+    from fedmoe.fl.cost import DoesNotFitError
+
+    cfg = _cfg(**{"fed.rounds": 1, "cost.fleet": "rtx-3060-12gb", "cost.mode": "projection",
+                  "cost.projection": "mixtral-8x7b"})
+    with pytest.raises(DoesNotFitError, match="rtx-3060-12gb.*quantize"):
+        run(cfg, out_dir=tmp_path, progress=False)
+
+
+def test_cli_runs_and_plots(tmp_path, capsys):
+    from fedmoe.cli import main
+
+    assert main(["run", "--scale", "smoke", "--set", "fed.rounds=1", "--out", str(tmp_path), "--name", "r"]) == 0
+    assert "final_score" in capsys.readouterr().out
+    out = tmp_path / "fig.png"
+    assert main(["plot", str(tmp_path / "r"), "--x", "sim_time", "-o", str(out)]) == 0
+    assert out.exists() and out.with_suffix(".pdf").exists()
+    assert main(["run", "--scale", "smoke", "--set", "fed.roundz=1", "--out", str(tmp_path)]) == 2
+    assert "roundz" in capsys.readouterr().err
