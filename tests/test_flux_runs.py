@@ -91,3 +91,19 @@ def test_flux_resume_is_exact(tmp_path):
     sb = torch.load(resumed / "checkpoint.pt", weights_only=False)["method"]
     assert torch.equal(torch.nan_to_num(sa["utilities"], -1.0), torch.nan_to_num(sb["utilities"], -1.0))
     assert all(torch.equal(sa["global"][k], sb["global"][k]) for k in sa["global"])
+
+
+def test_fedit_nf4_fits_the_smallest_device_where_bf16_fedit_does_not(fed):
+    from fedmoe.fl.cost import DoesNotFitError
+
+    small = min(range(len(fed.devices)), key=lambda c: fed.devices[c].memory_bytes)
+    q = get_method("fedit-nf4")(fed, {})
+    u = q.client_update(q.plan(1, [small])[0])
+    check_fits(ClientWork.from_dict(u.work), fed.devices[small])
+    plain = get_method("fedit")(fed, {})
+    up = plain.client_update(plain.plan(1, [small])[0])
+    with pytest.raises(DoesNotFitError):
+        check_fits(ClientWork.from_dict(up.work), fed.devices[small])
+    base_w = fed.base_model().model.layers[0].self_attn.q_proj.weight
+    q_w = q._server.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    assert not torch.equal(base_w, q_w) and torch.allclose(base_w, q_w, atol=0.2 * float(base_w.abs().max()))

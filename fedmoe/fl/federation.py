@@ -117,8 +117,8 @@ def _thaw(t):
 @functools.lru_cache(maxsize=2)
 def _cached_federation(frozen_cfg, progress: bool) -> Federation:
     from fedmoe.config import from_dict
-    from fedmoe.data.task_data import load_task_data
     from fedmoe.data.partition import partition
+    from fedmoe.data.task_data import load_task_data
     from fedmoe.fl.cost import CostModel
     from fedmoe.moe.loading import load_base_model
 
