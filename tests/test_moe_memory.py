@@ -146,3 +146,12 @@ def test_training_memory_formula():
         model_memory(config, experts_per_layer=[4, 4, 4])
     with pytest.raises(ValueError, match=">= 0"):
         model_memory(config, trainable_params=-1)
+
+
+def test_param_counts_with_no_expert_slots_keeps_the_per_expert_size():
+    from fedmoe.moe.families import tiny_config
+
+    cfg = tiny_config("mixtral")
+    none, full = param_counts(cfg, experts_per_layer=0), param_counts(cfg)
+    assert none.expert == full.expert == 3 * cfg.hidden_size * cfg.intermediate_size
+    assert full.total - none.total == full.experts

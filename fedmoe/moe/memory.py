@@ -8,6 +8,7 @@ real storage of kept, merged (compact) and quantized (:mod:`fedmoe.moe.quant`) m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import transformers
@@ -216,7 +217,7 @@ def param_counts(
     by_part = {part: sum(s.numel for s in specs if s.part == part) for part in PARTS}
     experts = [s for s in specs if s.kind == "experts"]
     slots = tuple(s.shape[0] for s in experts[::2])
-    expert = sum(s.numel // s.shape[0] for s in experts[:2])
+    expert = sum(math.prod(s.shape[1:]) for s in experts[:2])  # per slot, also with 0 slots
     total = sum(by_part.values())
     top_k = min(config.num_experts_per_tok, min(slots, default=0))
     return ParamCounts(
