@@ -1,5 +1,6 @@
 """The Flower simulation engine gives the in-process engine's numbers, and listens only on 127.0.0.1."""
 
+import ipaddress
 import threading
 
 import psutil
@@ -10,7 +11,12 @@ from fedmoe.experiment import run
 from fedmoe.fl.flower_engine import run_flower_simulation
 from fedmoe.results import load_rounds
 
-LOOPBACK = {"127.0.0.1", "::1"}
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped IPv6 loopback address (``::ffff:127.0.0.1``)."""
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
 
 
 class ListeningSockets(threading.Thread):
@@ -51,5 +57,5 @@ def test_flower_simulation_matches_in_process_and_stays_on_loopback(tmp_path):
             if key in a and a[key] is not None:
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     assert watcher.seen, "expected Ray/Flower to open listening sockets during the simulation"
-    public = {s for s in watcher.seen if s[0] not in LOOPBACK}
+    public = {s for s in watcher.seen if not is_loopback(s[0])}
     assert not public, f"sockets listening beyond loopback: {sorted(public)}"
