@@ -88,13 +88,17 @@ class Method(ABC):
         """Models whose scores are averaged into the round's score: by default the one global model."""
         yield self.eval_model()
 
-    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume the server (tensors and plain values)."""
+        """Everything needed to resume the server; by default the ``global_state`` tensor dict.
 
-    @abstractmethod
+        Methods with more server state (utilities, rescalers, per-client adapters) override both this
+        and :meth:`load_state_dict`.
+        """
+        return {"global": self.global_state}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
+        self.global_state = state["global"]
 
     def overlap(self, round_: int) -> float:
         """Fraction of clients' forward-only work hidden behind the server phase (FLUX's stale profiling).

@@ -96,12 +96,6 @@ class FedIT(Method):
         self._server.eval()
         return self._server
 
-    def state_dict(self):
-        return {"global": self.global_state}
-
-    def load_state_dict(self, state):
-        self.global_state = state["global"]
-
 
 @register("central")
 class Central(FedIT):

@@ -198,9 +198,3 @@ class ExpertMethod(Method):
         load_fused_state(self._server, self.global_state)
         self._server.eval()
         return self._server
-
-    def state_dict(self):
-        return {"global": self.global_state}
-
-    def load_state_dict(self, state):
-        self.global_state = state["global"]

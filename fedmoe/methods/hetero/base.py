@@ -162,9 +162,3 @@ class HeteroLoRA(Method):
         set_merged_weights(self._server, base, delta or {}, lora_scaling(self._server))
         self._server.eval()
         return self._server
-
-    def state_dict(self):
-        return {"global": self.global_state}
-
-    def load_state_dict(self, state):
-        self.global_state = state["global"]
