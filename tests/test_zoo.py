@@ -74,3 +74,23 @@ def test_specialisation_measures(tokenizer):
     assert 0 <= spec["jsd"] <= 0.7 and 0 <= spec["jsd_random"] <= 0.7  # JSD is bounded by ln 2
     for a, b in zip(before, model.parameters(), strict=True):  # removed experts are restored
         assert torch.equal(a, b)
+
+
+def test_pretraining_ignores_the_callers_thread_count():
+    """The cached model must not depend on torch's thread count (it did: a notebook that pretrained
+    on the default two threads got weights different in the last bits from the one-thread script)."""
+    import torch
+
+    from fedmoe.moe.zoo import pretrain
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two, _, _ = pretrain("tiny-mixtral", "smoke", 0, progress=False)
+        assert torch.get_num_threads() == 2  # restored for the caller
+        torch.set_num_threads(1)
+        one, _, _ = pretrain("tiny-mixtral", "smoke", 0, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    for (name, a), (_, b) in zip(two.state_dict().items(), one.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

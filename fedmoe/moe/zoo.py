@@ -143,10 +143,21 @@ def pretrain(name: str = "tiny-mixtral", scale: str | ZooScale = "default", seed
              progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, dict]:
     """Pretrain a zoo model from scratch (no caching): ``(model, tokenizer, info)``.
 
-    Deterministic for a seed: the corpus, tokenizer, init and batch order all derive from it. The loss is
+    Deterministic for a seed: the corpus, tokenizer, init and batch order all derive from it, and it always
+    runs on one torch thread, whatever the caller set (with two threads the weights differ in the last bits,
+    and a notebook that pretrained on the default thread count got another model than the script). The loss is
     next-token cross-entropy plus the family's load-balancing auxiliary loss. ``info`` holds the wall
     seconds and the loss curve.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the reduction order, hence the weights, depends on the thread count
+    try:
+        return _pretrain(name, scale, seed, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(name: str, scale: str | ZooScale, seed: int, progress: bool):
     family, spec = _resolve(name, scale)
     start = time.perf_counter()
     texts = pretraining_corpus(seed, spec.n_docs, n_entities=spec.n_entities)
