@@ -1,4 +1,5 @@
-"""Matplotlib figures from run folders: score against rounds and against simulated time."""
+"""Matplotlib figures from run folders: score against rounds and against simulated time, one line per run or
+one mean line per method with its 95% band over seeds."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from fedmoe.results import curve, load_config_dict
+from fedmoe.stats import mean_ci
 
 X_LABELS = {"round": "round", "sim_time": "simulated time (s)", "wall_time": "wall-clock time (s)"}
 
@@ -34,10 +37,39 @@ def plot_runs(
     for folder, label in zip(folders, labels, strict=True):
         xs, ys = curve(folder, x, y)
         ax.plot(xs, ys, marker="o", ms=3, label=label)
+    return _decorate(ax, x, y, target, title)
+
+
+def plot_seed_bands(
+    groups: dict[str, Sequence[str | Path]],
+    *,
+    x: str = "round",
+    y: str = "score",
+    ax=None,
+    target: float | None = None,
+    title: str | None = None,
+):
+    """One line per group (a method's runs over seeds): the mean of ``y`` at each evaluation and its 95%
+    Student-t band over seeds; ``x`` is the mean over seeds (simulated time differs from seed to seed)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, folders in groups.items():
+        curves = [curve(f, x, y) for f in folders]
+        n = min(len(c[0]) for c in curves)
+        xs = np.mean([c[0][:n] for c in curves], axis=0)
+        intervals = [mean_ci([c[1][i] for c in curves]) for i in range(n)]
+        (line,) = ax.plot(xs, [iv.mean for iv in intervals], marker="o", ms=3, label=f"{label} (n={len(folders)})")
+        if len(folders) > 1:
+            ax.fill_between(xs, [iv.lo for iv in intervals], [iv.hi for iv in intervals], color=line.get_color(),
+                            alpha=0.18, lw=0)
+    return _decorate(ax, x, f"{y} (mean, 95% CI over seeds)", target, title)
+
+
+def _decorate(ax, x: str, ylabel: str, target: float | None, title: str | None):
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
     ax.set_xlabel(X_LABELS.get(x, x))
-    ax.set_ylabel(y)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -41,3 +41,8 @@ def time_to_target(folder: str | Path, target: float, x: str = "sim_time", y: st
         if yv >= target:
             return xv
     return None
+
+
+def is_finished(folder: str | Path) -> bool:
+    """Whether a run folder holds a finished run (its summary is written after the last round)."""
+    return (Path(folder) / "summary.json").exists()

@@ -1,0 +1,79 @@
+"""From run folders to claims with intervals: a method's score over seeds, and two methods compared paired.
+
+A study runs every method on the same seeds (and, through ``data_seed``, the same data and test items), so
+a comparison pairs run folders by seed and test items by position. A run's score is the mean of its last
+``last`` evaluations (curves that still move are not judged on one noisy point); per-item scores are
+averaged over the same evaluations. The statistics themselves live in :mod:`fedmoe.stats`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fedmoe.stats import Interval, mean_ci, paired_difference, verdict
+
+from fedmoe.results import load_config_dict, load_rounds
+
+
+def _evaluated(folder: str | Path, last: int) -> list[dict]:
+    rows = [r for r in load_rounds(folder) if "score" in r]
+    if not rows:
+        raise ValueError(f"{folder} holds no evaluated round; run it to the end with `fedmoe run`")
+    return rows[-last:]
+
+
+def run_score(folder: str | Path, last: int = 1) -> float:
+    """The run's score: the mean ``score`` of its last ``last`` evaluated rounds."""
+    return float(np.mean([r["score"] for r in _evaluated(folder, last)]))
+
+
+def item_scores(folder: str | Path, last: int = 1) -> np.ndarray:
+    """Per-test-item scores of the run, averaged over its last ``last`` evaluated rounds."""
+    rows = _evaluated(folder, last)
+    missing = [r["round"] for r in rows if "item_scores" not in r]
+    if missing:
+        raise ValueError(f"{folder}: rounds {missing} have no per-item scores (written by fedmoe >= 0.2); "
+                         "re-run the config into a new folder to compare it paired")
+    return np.mean([np.asarray(r["item_scores"], dtype=float) for r in rows], axis=0)
+
+
+def seed_of(folder: str | Path) -> int:
+    """The run seed a folder was made with."""
+    return int(load_config_dict(folder)["seed"])
+
+
+def score_interval(folders: Sequence[str | Path], last: int = 1) -> Interval:
+    """Mean score over the seeds' runs with its 95% Student-t interval."""
+    return mean_ci([run_score(f, last) for f in folders])
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a - b`` in score units (paired over seeds and items) and its verdict for ``a``."""
+
+    difference: Interval
+    verdict: str
+
+
+def compare(folders_a: Sequence[str | Path], folders_b: Sequence[str | Path], last: int = 1,
+            seed: int = 0) -> Comparison:
+    """Paired comparison of two methods run on the same seeds and test items (see :func:`paired_difference`)."""
+    by_seed_a = {seed_of(f): f for f in folders_a}
+    by_seed_b = {seed_of(f): f for f in folders_b}
+    if set(by_seed_a) != set(by_seed_b):
+        raise ValueError(f"paired comparison needs the same seeds on both sides; got {sorted(by_seed_a)} "
+                         f"and {sorted(by_seed_b)}: run the missing seeds first")
+    seeds = sorted(by_seed_a)
+    a = np.stack([item_scores(by_seed_a[s], last) for s in seeds])
+    b = np.stack([item_scores(by_seed_b[s], last) for s in seeds])
+    diff = paired_difference(a, b, seed=seed)
+    return Comparison(diff, verdict(diff))
+
+
+def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1) -> str:
+    """The name whose runs have the highest mean score (ties: the first name)."""
+    means = {name: float(np.mean([run_score(f, last) for f in folders])) for name, folders in groups.items()}
+    return max(means, key=means.get)

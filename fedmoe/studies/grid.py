@@ -1,0 +1,99 @@
+"""Run a grid of experiments (methods x settings x seeds) in parallel worker processes.
+
+A study is a list of :class:`~fedmoe.config.RunConfig`; :func:`run_configs` runs each distinct one once
+(configs with the same digest are one run), reuses finished run folders, pretrains every zoo model the grid
+needs once in this process before any worker starts (so workers never race to pretrain), and spreads the
+rest over ``jobs`` processes with one torch thread each, behind one progress bar. Each run is an ordinary
+run folder, so a grid that is stopped resumes where it was, and a notebook that asks for a config another
+notebook already ran reads its results.
+
+Every run is deterministic in its config alone (one thread, seeded), so parallel and sequential execution
+give identical run folders.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from fedmoe.config import RunConfig
+from fedmoe.experiment import run, run_id
+from fedmoe.results import is_finished
+
+# Run seeds per scale: smoke keeps CI fast with the fewest seeds that still give an interval.
+SEEDS = {"smoke": (0, 1), "default": (0, 1, 2), "paper": (0, 1, 2)}
+
+
+def seeds_for(scale: str) -> tuple[int, ...]:
+    """The default run seeds of a scale."""
+    if scale not in SEEDS:
+        raise ValueError(f"unknown scale {scale!r}; use one of {sorted(SEEDS)}")
+    return SEEDS[scale]
+
+
+def default_jobs() -> int:
+    """Worker processes: ``$JOBS`` if set, else the machine's core count."""
+    return max(1, int(os.environ.get("JOBS") or os.cpu_count() or 1))
+
+
+def with_seeds(configs: Iterable[RunConfig], seeds: Sequence[int]) -> list[RunConfig]:
+    """Every config once per seed (``seed`` drives init, sampling and batch order; ``data_seed`` stays)."""
+    from dataclasses import replace
+
+    return [replace(cfg, seed=int(s)) for cfg in configs for s in seeds]
+
+
+def run_configs(configs: Sequence[RunConfig], *, out_dir: str | Path, jobs: int | None = None,
+                progress: bool = True) -> list[Path]:
+    """Run every config (in parallel; each distinct config once) and return their run folders, in order.
+
+    Args:
+        configs: the grid; duplicates (same digest) run once and share a folder.
+        out_dir: parent folder of run folders.
+        jobs: worker processes (default :func:`default_jobs`); 1 runs in this process.
+        progress: one progress bar over the grid's runs.
+    """
+    out_dir = Path(out_dir)
+    folders = [out_dir / run_id(cfg) for cfg in configs]
+    todo = {run_id(cfg): cfg for cfg, folder in zip(configs, folders, strict=True) if not is_finished(folder)}
+    if not todo:
+        return folders
+    _prepare_models(todo.values(), progress=progress)
+    jobs = min(jobs or default_jobs(), len(todo))
+    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="runs", disable=not progress)
+    if jobs == 1:
+        for cfg in todo.values():
+            run(cfg, out_dir=out_dir, progress=False)
+            bar.update()
+    else:
+        # Workers inherit this variable at start: one OpenMP thread each, so `jobs` runs share the cores.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run, cfg, out_dir=out_dir, progress=False): name for name, cfg in todo.items()}
+            for future in as_completed(futures):
+                future.result()  # a failed run raises here, naming its own error
+                bar.update()
+    bar.close()
+    return folders
+
+
+def _prepare_models(configs: Iterable[RunConfig], *, progress: bool) -> None:
+    """Pretrain (or find cached) every zoo model the configs use, once, before workers start."""
+    from fedmoe.moe.loading import load_base_model
+
+    seen = set()
+    for cfg in configs:
+        key = (cfg.model.name, cfg.model.path, cfg.model.scale, _data_seed(cfg))
+        if key not in seen and not cfg.model.path:
+            seen.add(key)
+            load_base_model(cfg.model, seed=_data_seed(cfg), progress=progress)
+
+
+def _data_seed(cfg: RunConfig) -> int:
+    """The seed of the fixed world (base model, data, partition) a config runs in."""
+    return getattr(cfg, "data_seed", cfg.seed)
