@@ -1,0 +1,239 @@
+"""The generated results report (``figures/REPORT.md``) and the README section pasted from it.
+
+Each study (a benchmark script or notebook) writes one *section*: its paper's targets with measured intervals and
+verdicts, and its methods' scores on the shared benchmark (:func:`save_section`, a JSON file per study).
+:func:`render_report` turns every section into one markdown report; :func:`sync_readme` pastes the report's
+target tables into README.md between the markers ``<!-- report:start -->`` and ``<!-- report:end -->``, so no
+result is typed by hand and none can go stale. Output is deterministic (sorted, no timestamps): the same sections
+give a byte-identical report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
+
+#: The papers whose targets the report lists, in this order (a paper without measured rows says so).
+PAPERS = ("FLUX", "FFT-MoE", "FLAME")
+#: The command that writes the report; the report's header names it.
+REPORT_COMMAND = "python reproduce/make_report.py --sections results/report"
+#: The command that re-pastes the README section from the committed report.
+README_COMMAND = "python reproduce/make_report.py --readme-only"
+README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
+_TARGETS_START, _TARGETS_END = "<!-- targets:start -->", "<!-- targets:end -->"
+_STUDY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    """One target of a paper, as measured: the interval, the goal it is judged against and the verdict.
+
+    ``verdict`` is :func:`fedmoe.stats.judge_target`'s word (MET / FAILED / UNRESOLVED); ``command`` is the one
+    command that regenerates the measurement; ``scale`` and ``digits`` format ``measured`` (100: a score fraction
+    shown in points; 1: a ratio such as a speedup shown as is); ``seeds`` is how many seeds it rests on.
+    """
+
+    paper: str
+    target: str
+    measured: Interval
+    goal: str
+    verdict: str
+    command: str
+    note: str = ""
+    seeds: int | None = None
+    scale: float = 100.0
+    digits: int = 1
+
+    def __post_init__(self):
+        if self.verdict not in (MET, FAILED, UNRESOLVED):
+            raise ValueError(f"TargetRow {self.target!r}: verdict must be MET, FAILED or UNRESOLVED (from "
+                             f"fedmoe.stats.judge_target), got {self.verdict!r}")
+
+
+@dataclass(frozen=True)
+class HeadToHeadRow:
+    """One method's score on the shared benchmark, with optional extra columns (trainable params, bytes up ...)."""
+
+    method: str
+    score: Interval
+    columns: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Section:
+    """What one study contributes to the report: its target rows and its head-to-head rows."""
+
+    study: str
+    targets: tuple[TargetRow, ...] = ()
+    head_to_head: tuple[HeadToHeadRow, ...] = ()
+
+
+def _interval_to_json(interval: Interval) -> dict:
+    """An interval as JSON-safe numbers (nan bounds as null, since JSON has no nan)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(interval).items()}
+
+
+def _interval_from_json(data: dict) -> Interval:
+    """Inverse of :func:`_interval_to_json`."""
+    return Interval(**{k: (math.nan if v is None else v) for k, v in data.items()})
+
+
+def save_section(folder: str | Path, study: str, targets: Sequence[TargetRow] = (),
+                 head_to_head: Sequence[HeadToHeadRow] = ()) -> Path:
+    """Write ``<folder>/<study>.json`` (e.g. ``results/report/flame.json``) and return its path.
+
+    ``study`` is a lower-case name (letters, digits, ``-``, ``_``). Rows keep their order (the report lists
+    targets in the order a study gives them).
+    """
+    if not _STUDY_NAME.fullmatch(study):
+        raise ValueError(f"study name {study!r} must be lower-case letters, digits, '-' or '_' (it names the file)")
+    data = {
+        "study": study,
+        "targets": [{**asdict(row), "measured": _interval_to_json(row.measured)} for row in targets],
+        "head_to_head": [{**asdict(row), "score": _interval_to_json(row.score)} for row in head_to_head],
+    }
+    path = Path(folder) / f"{study}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+def load_sections(folder: str | Path) -> list[Section]:
+    """Every section saved in ``folder`` (``*.json``), sorted by study name. An empty folder gives ``[]``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"sections folder {folder} not found: run the benchmarks (they write one JSON per "
+                                f"study there) or create it empty to render a report with nothing measured")
+    sections = []
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        try:
+            targets = tuple(TargetRow(**{**row, "measured": _interval_from_json(row["measured"])})
+                            for row in data["targets"])
+            rows = tuple(HeadToHeadRow(**{**row, "score": _interval_from_json(row["score"])})
+                         for row in data["head_to_head"])
+            sections.append(Section(data["study"], targets, rows))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a report section written by fedmoe.report.save_section "
+                             f"({error}); regenerate it with its study's benchmark") from error
+    return sorted(sections, key=lambda s: s.study)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table's lines."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+
+
+def _value(value: float | int | str) -> str:
+    """An extra head-to-head column's value: integers with thousands separators, floats to 4 significant digits."""
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}"
+
+
+def _paper_tables(sections: Sequence[Section]) -> list[str]:
+    """The targets block: legend, then one table per paper (known papers first, in :data:`PAPERS` order)."""
+    by_paper: dict[str, list[TargetRow]] = {}
+    for section in sections:
+        for row in section.targets:
+            by_paper.setdefault(row.paper, []).append(row)
+    papers = list(PAPERS) + sorted(set(by_paper) - set(PAPERS))
+    lines = [] if by_paper else ["No study has been run with seeds and intervals yet.", ""]
+    lines.append("Measured: mean ± half-width [95% confidence interval], scores in points out of 100, ratios as "
+                 "they are. A target is MET only when its whole interval clears the goal, FAILED only when its whole "
+                 "interval is on the wrong side, otherwise UNRESOLVED.")
+    for paper in papers:
+        lines += ["", f"### {paper}", ""]
+        rows = by_paper.get(paper)
+        if not rows:
+            lines.append("Not yet measured with seeds.")
+            continue
+        lines += _table(["target", "measured", "goal", "verdict", "seeds", "command"], [
+            [r.target, r.measured.format(r.scale, r.digits), r.goal, f"**{r.verdict}**",
+             "—" if r.seeds is None else str(r.seeds), f"`{r.command}`"] for r in rows])
+        notes = [r for r in rows if r.note]
+        if notes:
+            lines.append("")
+            lines += [f"- {r.target}: {r.note}" for r in notes]
+    return lines
+
+
+def _rank(study_row: tuple[str, HeadToHeadRow]) -> tuple:
+    """Sort key of a head-to-head row: best mean first, undefined means last, then method and study names."""
+    study, row = study_row
+    undefined = math.isnan(row.score.mean)
+    return undefined, 0.0 if undefined else -row.score.mean, row.method, study
+
+
+def _head_to_head_table(sections: Sequence[Section]) -> list[str]:
+    """Every method's score on the shared benchmark, best mean first (undefined last), then by method and study."""
+    rows = [(section.study, row) for section in sections for row in section.head_to_head]
+    if not rows:
+        return ["No method has been measured on the shared benchmark with seeds yet."]
+    rows.sort(key=_rank)
+    extra = sorted({key for _, row in rows for key in row.columns})
+    return _table(["method", "score", "study", *extra], [
+        [row.method, row.score.format(), study, *(_value(row.columns[k]) if k in row.columns else "—" for k in extra)]
+        for study, row in rows])
+
+
+def render_report(sections: Sequence[Section], command: str = REPORT_COMMAND) -> str:
+    """The markdown of ``figures/REPORT.md``: a generated-file header, each paper's targets, the head-to-head."""
+    sections = sorted(sections, key=lambda s: s.study)
+    studies = ", ".join(f"`{s.study}`" for s in sections) or "none yet"
+    lines = [
+        "# Results report",
+        "",
+        f"Generated by `{command}` from the study sections the benchmarks write (studies: {studies}). Do not edit "
+        f"this file by hand; `{README_COMMAND}` pastes its target tables into README.md.",
+        "",
+        "## Targets",
+        "",
+        _TARGETS_START,
+        *_paper_tables(sections),
+        _TARGETS_END,
+        "",
+        "## Head-to-head on the shared benchmark",
+        "",
+        *_head_to_head_table(sections),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def readme_section(report_text: str) -> str:
+    """The README's results section: the report's target tables (without its header) and a link to the report."""
+    start, end = report_text.find(_TARGETS_START), report_text.find(_TARGETS_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the report has no {_TARGETS_START} ... {_TARGETS_END} block: it was not written by "
+                         f"fedmoe.report.render_report; regenerate it with `{REPORT_COMMAND}`")
+    tables = report_text[start + len(_TARGETS_START):end].strip("\n")
+    return (f"<!-- pasted from figures/REPORT.md by `{README_COMMAND}`; do not edit between the markers -->\n"
+            f"{tables}\n\nEvery method on the shared benchmark: [figures/REPORT.md](figures/REPORT.md).")
+
+
+def sync_readme(readme_text: str, report_text: str) -> str:
+    """``readme_text`` with the text between :data:`README_START` and :data:`README_END` replaced by the section.
+
+    Everything outside the markers is kept byte for byte. Raises ValueError when a marker is missing or they are
+    out of order.
+    """
+    start, end = readme_text.find(README_START), readme_text.find(README_END)
+    if start < 0 or end < 0 or end < start:
+        raise ValueError(f"README.md needs the markers {README_START} and {README_END}, in that order, each on its "
+                         f"own line, where the generated results go (under a '## Results (generated)' heading)")
+    head, tail = readme_text[:start + len(README_START)], readme_text[end:]
+    return f"{head}\n{readme_section(report_text)}\n{tail}"

@@ -1,0 +1,68 @@
+"""Write figures/REPORT.md from the study sections and paste its target tables into README.md.
+
+The benchmarks write one section per study (``results/report/<study>.json``, see ``fedmoe.report.save_section``);
+this script renders them into ``figures/REPORT.md`` and replaces README.md's text between
+``<!-- report:start -->`` and ``<!-- report:end -->`` with the report's target tables, so no result is typed.
+
+    python reproduce/make_report.py --sections results/report   # write the report, update the README
+    python reproduce/make_report.py --readme-only               # re-paste the README from the committed report
+    python reproduce/make_report.py --check                     # exit 1 if the README differs from the report
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedmoe.report import README_COMMAND, REPORT_COMMAND, load_sections, render_report, sync_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render the report and sync the README, re-paste only, or check; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=str(ROOT / "results" / "report"),
+                        help="folder of study sections (*.json) the benchmarks write")
+    parser.add_argument("--report", default=str(ROOT / "figures" / "REPORT.md"), help="the report to write / read")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="the README holding the markers")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--readme-only", action="store_true", help="re-paste the README from the committed report")
+    mode.add_argument("--check", action="store_true",
+                      help="exit 1 if the README's section differs from what the committed report generates")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"make_report: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The work of :func:`main` once the arguments are parsed."""
+    report_path, readme_path = Path(args.report), Path(args.readme)
+
+    if not (args.readme_only or args.check):
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(render_report(load_sections(args.sections)))
+        print(f"wrote {report_path}")
+    if not report_path.exists():
+        raise FileNotFoundError(f"{report_path} not found: generate it with `{REPORT_COMMAND}`")
+    readme = readme_path.read_text()
+    synced = sync_readme(readme, report_path.read_text())
+    if args.check:
+        if synced != readme:
+            print(f"{readme_path.name}'s results section differs from {report_path.name}; fix it with "
+                  f"`{README_COMMAND}`", file=sys.stderr)
+            return 1
+        print(f"{readme_path.name} matches {report_path.name}")
+        return 0
+    if synced != readme:
+        readme_path.write_text(synced)
+        print(f"updated {readme_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

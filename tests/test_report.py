@@ -1,0 +1,148 @@
+"""fedmoe.report: rendering, section round trip, README sync, and the committed README against the committed report."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from fedmoe.report import (
+    README_END,
+    README_START,
+    HeadToHeadRow,
+    Section,
+    TargetRow,
+    load_sections,
+    readme_section,
+    render_report,
+    save_section,
+    sync_readme,
+)
+from fedmoe.stats import Interval
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SPEEDUP = TargetRow(paper="FLUX", target="time-to-accuracy speedup vs best baseline",
+                    measured=Interval(2.31, 2.05, 2.60, n=3), goal=">= 2.0x", verdict="MET",
+                    command="python reproduce/bench_flux.py --seeds 0,1,2", seeds=3, scale=1, digits=2)
+PARITY = TargetRow(paper="FLUX", target="final score minus FMD's", measured=Interval(-0.012, -0.041, 0.017, n=3),
+                   goal=">= -2 points", verdict="UNRESOLVED", command="python reproduce/bench_flux.py | tail -4",
+                   seeds=3, note="the interval straddles the goal")
+LEAD = TargetRow(paper="FLAME", target="FLAME minus best baseline, heavy-tail",
+                 measured=Interval(-0.06, -0.09, -0.03, n=3), goal="> 0", verdict="FAILED",
+                 command="python reproduce/bench_flame.py")
+ROWS = (HeadToHeadRow("flame", Interval(0.40, 0.37, 0.43, n=3), {"trainable_params": 123456, "bytes_up": 1.5e6}),
+        HeadToHeadRow("fedit", Interval(0.45, 0.42, 0.48, n=3), {"trainable_params": 98304}),
+        HeadToHeadRow("one-seed", Interval(0.50, math.nan, math.nan, n=1)))
+SECTIONS = [Section("flux", (SPEEDUP, PARITY), ROWS[1:]), Section("flame", (LEAD,), ROWS[:1])]
+
+
+def test_report_lists_every_target_with_interval_verdict_and_command():
+    text = render_report(SECTIONS)
+    assert "| time-to-accuracy speedup vs best baseline | 2.31 ± 0.28 [2.05, 2.60] | >= 2.0x | **MET** | 3 | " \
+           "`python reproduce/bench_flux.py --seeds 0,1,2` |" in text
+    assert "| final score minus FMD's | -1.2 ± 2.9 [-4.1, 1.7] | >= -2 points | **UNRESOLVED** |" in text
+    assert "| 3 | `python reproduce/bench_flux.py \\| tail -4` |" in text  # a pipe cannot end the cell
+    assert "- final score minus FMD's: the interval straddles the goal" in text
+    assert "| FLAME minus best baseline, heavy-tail | -6.0 ± 3.0 [-9.0, -3.0] | > 0 | **FAILED** | — |" in text
+    assert "### FFT-MoE\n\nNot yet measured with seeds." in text
+    assert text.index("### FLUX") < text.index("### FFT-MoE") < text.index("### FLAME")
+    assert "studies: `flame`, `flux`" in text
+
+
+def test_head_to_head_is_sorted_by_score_with_every_column():
+    text = render_report(SECTIONS)
+    table = text[text.index("## Head-to-head"):]
+    assert "| method | score | study | bytes_up | trainable_params |" in table
+    assert "| one-seed | 50.0 (n=1, no interval) | flux | — | — |" in table
+    assert "| fedit | 45.0 ± 3.0 [42.0, 48.0] | flux | — | 98,304 |" in table
+    assert "| flame | 40.0 ± 3.0 [37.0, 43.0] | flame | 1.5e+06 | 123,456 |" in table
+    assert table.index("one-seed") < table.index("fedit") < table.index("| flame")
+
+
+def test_report_is_deterministic_whatever_the_section_order():
+    assert render_report(SECTIONS) == render_report(SECTIONS[::-1])
+
+
+def test_empty_report_says_nothing_is_measured():
+    text = render_report([])
+    assert "No study has been run with seeds and intervals yet." in text
+    assert text.count("Not yet measured with seeds.") == 3
+    assert "No method has been measured on the shared benchmark with seeds yet." in text
+
+
+def test_sections_round_trip_through_json(tmp_path):
+    for section in SECTIONS:
+        path = save_section(tmp_path, section.study, section.targets, section.head_to_head)
+        assert path == tmp_path / f"{section.study}.json"
+    loaded = load_sections(tmp_path)
+    assert [s.study for s in loaded] == ["flame", "flux"]
+    assert loaded == sorted(SECTIONS, key=lambda s: s.study)  # nan bounds come back as nan, not None
+    assert math.isnan(loaded[1].head_to_head[1].score.lo)
+    assert render_report(loaded) == render_report(SECTIONS)
+
+
+def test_bad_sections_and_rows_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sections folder .*missing not found"):
+        load_sections(tmp_path / "missing")
+    with pytest.raises(ValueError, match="study name 'FLUX run'"):
+        save_section(tmp_path, "FLUX run")
+    (tmp_path / "broken.json").write_text('{"study": "broken"}')
+    with pytest.raises(ValueError, match="broken.json is not a report section"):
+        load_sections(tmp_path)
+    with pytest.raises(ValueError, match="verdict must be MET, FAILED or UNRESOLVED"):
+        TargetRow("FLUX", "x", Interval(1, 0, 2, 3), ">= 1", "leads", "cmd")
+
+
+def test_sync_readme_replaces_only_between_the_markers():
+    report = render_report(SECTIONS)
+    readme = f"# title\n\nbefore\n{README_START}\nstale typed numbers\n{README_END}\nafter\n"
+    synced = sync_readme(readme, report)
+    assert synced.startswith(f"# title\n\nbefore\n{README_START}\n")
+    assert synced.endswith(f"\n{README_END}\nafter\n")
+    assert "stale typed numbers" not in synced
+    assert readme_section(report) in synced
+    assert "**MET**" in synced and "## Head-to-head" not in synced and "# Results report" not in synced
+    assert sync_readme(synced, report) == synced  # idempotent
+
+
+@pytest.mark.parametrize("readme", ["no markers at all\n", f"only {README_START}\n",
+                                    f"{README_END}\nreversed\n{README_START}\n"])
+def test_sync_readme_without_markers_says_where_to_put_them(readme):
+    with pytest.raises(ValueError, match="README.md needs the markers <!-- report:start --> and <!-- report:end -->"):
+        sync_readme(readme, render_report([]))
+
+
+def test_committed_readme_section_matches_the_committed_report():
+    readme = (ROOT / "README.md").read_text()
+    report = (ROOT / "figures" / "REPORT.md").read_text()
+    assert readme_section(report) in readme
+    assert sync_readme(readme, report) == readme, \
+        "README.md's results section is stale: run `python reproduce/make_report.py --readme-only`"
+
+
+def _make_report():
+    """The reproduce/make_report.py module (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("make_report", ROOT / "reproduce" / "make_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_report_writes_checks_and_repastes(tmp_path, capsys):
+    main = _make_report().main
+    sections, report, readme = tmp_path / "sections", tmp_path / "REPORT.md", tmp_path / "README.md"
+    save_section(sections, "flux", SECTIONS[0].targets, SECTIONS[0].head_to_head)
+    readme.write_text(f"intro\n{README_START}\n{README_END}\nrest\n")
+    paths = ["--report", str(report), "--readme", str(readme)]
+    assert main(["--sections", str(sections), *paths]) == 0
+    assert report.read_text() == render_report(load_sections(sections))
+    assert main(["--check", *paths]) == 0
+    readme.write_text(readme.read_text().replace("**MET**", "**FAILED**"))  # a hand edit
+    capsys.readouterr()
+    assert main(["--check", *paths]) == 1
+    assert "differs from REPORT.md; fix it with `python reproduce/make_report.py --readme-only`" \
+        in capsys.readouterr().err
+    assert main(["--readme-only", *paths]) == 0
+    assert main(["--check", *paths]) == 0
+    assert main(["--sections", str(tmp_path / "missing"), *paths]) == 1
