@@ -4,6 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 SCALE   ?= default
 OUT     ?= results/notebooks
+# Parallel runs inside `make reproduce` (default: the number of cores; each run uses one torch thread).
+JOBS    ?=
+export JOBS
 # The CPU wheel of torch; CUDA users: `make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA index>"`.
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
@@ -47,8 +50,9 @@ nbval: setup  ## execute notebooks at smoke scale and validate them with nbval
 	$(BIN)/python reproduce/run_notebooks.py --scale smoke --out $(OUT)/smoke --only quickstart
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(OUT)/smoke/00_quickstart.ipynb
 
-reproduce: setup  ## execute every notebook with papermill at SCALE and write figures/
-	$(BIN)/python reproduce/run_notebooks.py --scale $(SCALE) --out $(OUT)/$(SCALE) --figures figures
+reproduce: setup  ## execute every notebook at SCALE (JOBS parallel runs), write figures/ and figures/REPORT.md
+	$(BIN)/python reproduce/run_notebooks.py --scale $(SCALE) --out $(OUT)/$(SCALE) --figures figures --report results/report
+	$(BIN)/python reproduce/make_report.py --sections results/report --report figures/REPORT.md --readme README.md
 
 lab: setup  ## JupyterLab on 127.0.0.1 with the kit's kernel
 	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fedmoe.stats import Interval, mean_ci, paired_difference, verdict
 
+from fedmoe.report import HeadToHeadRow
 from fedmoe.results import load_config_dict, load_rounds
+from fedmoe.stats import Interval, mean_ci, paired_difference, verdict
 
 
 def _evaluated(folder: str | Path, last: int) -> list[dict]:
@@ -77,3 +78,18 @@ def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1) -> str:
     """The name whose runs have the highest mean score (ties: the first name)."""
     means = {name: float(np.mean([run_score(f, last) for f in folders])) for name, folders in groups.items()}
     return max(means, key=means.get)
+
+
+def head_to_head_row(method: str, folders: Sequence[str | Path], last: int = 1) -> HeadToHeadRow:
+    """A method's line in the report's head-to-head table: its score over seeds, simulated time and traffic."""
+    finals = [load_rounds(f)[-1] for f in folders]
+    return HeadToHeadRow(method, score_interval(folders, last), {
+        "simulated hours": round(float(np.mean([r["sim_time"] for r in finals])) / 3600, 2),
+        "MB up / client / round": round(float(np.mean([_mean_upload(f) for f in folders])) / 1e6, 2),
+    })
+
+
+def _mean_upload(folder: str | Path) -> float:
+    """Mean bytes a client uploads per round over the run."""
+    sent = [b for r in load_rounds(folder) for b in r.get("bytes_up", {}).values()]
+    return float(np.mean(sent)) if sent else 0.0

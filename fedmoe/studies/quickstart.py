@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedmoe.report import TargetRow
-from fedmoe.stats import judge_target
-
 import fedmoe
 from fedmoe.config import RunConfig, load_config
+from fedmoe.report import TargetRow
+from fedmoe.stats import judge_target
 from fedmoe.studies.evidence import compare, score_interval
 from fedmoe.studies.grid import run_configs, with_seeds
 
