@@ -37,6 +37,7 @@ from fedmoe.methods.fftmoe.budget import (
     format_budget_table,
 )
 from fedmoe.methods.fftmoe.method import FFTMoEArgs, FFTMoEClient, FFTMoEServer, client_budget
+from fedmoe.train import finetune
 
 
 def tiny_llama(seed=0):
@@ -223,14 +224,14 @@ def test_aggregation_is_the_example_weighted_average(fed, personal):
     assert all(torch.all(v == 4.0) for k, v in personal_models[2].items() if is_router_key(k))
 
 
-def test_client_update_trains_adapter_only_and_lowers_the_loss(fed):
+def test_client_update_trains_adapter_only_and_lowers_the_loss():
+    fed = Federation.from_config(load_config(None, {"method": "fftmoe", "fed.local_steps": 12}, scale="smoke"))
     args = FFTMoEArgs(lr=1e-2)
     server, client = FFTMoEServer(fed, args), FFTMoEClient(fed, args)
     base = {n: p.clone() for n, p in fed.base_model().named_parameters()}
     task = server.plan(1, [3])[0]
     tier, k = client_budget(fed, args, 3)
     assert (tier, k) == (2, 1)  # the smoke fleet's Jetson Orin NX: K = 4 // 2**2
-    from fedmoe.train import finetune
 
     def loss_on_client(state):
         load_adapter_state_dict(client.model, state)
@@ -240,11 +241,7 @@ def test_client_update_trains_adapter_only_and_lowers_the_loss(fed):
             client.model), progress=False).mean_loss
 
     before = loss_on_client(task.tensors)
-    fed.cfg.fed.local_steps, steps = 12, fed.cfg.fed.local_steps
-    try:
-        update = client.update(task)
-    finally:
-        fed.cfg.fed.local_steps = steps
+    update = client.update(task)
     assert loss_on_client(update.tensors) < before
     assert all(torch.equal(p, base[n]) for n, p in client.model.named_parameters() if n in base)
     assert update.extra["top_k"] == 1 and update.num_examples == len(fed.client_data(3))
@@ -305,3 +302,13 @@ def test_smoke_run_finishes_and_resumes_exactly(tmp_path, personal):
 def test_method_is_registered_with_its_args():
     method = get_method("fftmoe")
     assert method.Args is FFTMoEArgs
+
+
+def test_aux_loss_lowers_the_load_coefficient_of_variation():
+    fed = Federation.from_config(load_config(None, {"method": "fftmoe", "fed.local_steps": 20}, scale="smoke"))
+    cv = {}
+    for aux in (False, True):
+        args = FFTMoEArgs(aux_loss=aux, aux_coef=0.1)
+        update = FFTMoEClient(fed, args).update(FFTMoEServer(fed, args).plan(1, [0])[0])
+        cv[aux] = update.extra["load_cv"]
+    assert cv[True] < 0.5 * cv[False]
