@@ -114,12 +114,16 @@ def _is_moe(model: nn.Module) -> bool:
 
 def finetune(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: TrainConfig | None = None, *,
              params: Iterable[nn.Parameter] | None = None, progress: bool = True,
-             step_callback: Callable[[int, float], bool | None] | None = None) -> TrainStats:
+             step_callback: Callable[[int, float], bool | None] | None = None,
+             extra_loss: Callable[[nn.Module, dict], torch.Tensor | None] | None = None) -> TrainStats:
     """Fine-tune ``model`` in place on ``examples`` (loss on answer + eos tokens) and return :class:`TrainStats`.
 
     ``params``: optimise only these parameters (gradients are not even computed for the others during
     the call); default: every parameter with ``requires_grad``. ``step_callback(step, loss)`` runs after each
-    optimizer step; returning ``True`` stops training early. Deterministic for ``cfg.seed``.
+    optimizer step; returning ``True`` stops training early. ``extra_loss(model, batch)`` runs after each
+    forward pass (``batch``: the collated inputs, with ``attention_mask``); a tensor it returns is added to
+    the LM loss before the backward pass (e.g. FFT-MoE's routing regulariser); the reported losses stay
+    the LM loss alone. Deterministic for ``cfg.seed``.
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
@@ -149,7 +153,8 @@ def finetune(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: Trai
             for step, idx in enumerate(bar):
                 batch = collate_train(tokenizer, [examples[i] for i in idx], cfg.max_length)
                 loss = model(**batch, **extra).loss
-                loss.backward()
+                added = extra_loss(model, batch) if extra_loss is not None else None
+                (loss if added is None else loss + added).backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(chosen, cfg.grad_clip)
                 opt.step()

@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from fedmoe.data.partition import domain_mix, partition, plot_partition  # noqa: E402
+from fedmoe.data.partition import domain_mix, partition, partition_like, plot_partition  # noqa: E402
 from fedmoe.data.records import Example  # noqa: E402
 
 DOMAINS = ["biology", "history", "law", "math", "physics"]
@@ -151,3 +151,18 @@ def test_plot_partition_returns_figure_and_saves_png(tmp_path):
     other = Figure()
     target = other.add_subplot()
     assert plot_partition(parts, ax=target) is other
+
+
+@pytest.mark.parametrize("scheme, kw", [("iid", {}), ("dirichlet", {"alpha": 0.3}),
+                                        ("pathological", {"domains_per_client": 1})])
+def test_partition_like_follows_each_clients_domain_mix(scheme, kw):
+    train, test = make_examples(400), make_examples(200)
+    parts = partition(train, 5, scheme=scheme, seed=1, **kw)
+    local = partition_like(test, parts, seed=1)
+    assert placed(local) == placed([test])
+    _, train_mix = domain_mix(parts)
+    _, test_mix = domain_mix(local + [[ex] for ex in test])  # every domain present, same column order
+    test_mix = test_mix[: len(local)]
+    share = train_mix / train_mix.sum(0, keepdims=True)
+    assert np.all(np.abs(test_mix - share * 40) < 1)  # 40 test items per domain, largest-remainder quotas
+    assert partition_like(test, parts, seed=1) == local

@@ -77,3 +77,19 @@ def test_epochs_and_bad_config(tokenizer, examples, tiny_moe):
         finetune(tiny_moe("mixtral"), tokenizer, examples, TrainConfig(schedule="step"), progress=False)
     with pytest.raises(ValueError, match="at least one example"):
         finetune(tiny_moe("mixtral"), tokenizer, [], progress=False)
+
+
+def test_extra_loss_joins_the_backward_but_not_the_reported_loss(tiny_moe, tokenizer, examples):
+    cfg = TrainConfig(lr=1e-2, batch_size=4, steps=3, seed=0)
+    seen = []
+
+    def pull_lm_head_to_zero(model, batch):
+        seen.append(batch["attention_mask"].shape[0])
+        return 1e3 * model.lm_head.weight.square().sum()
+
+    plain, pulled = tiny_moe("olmoe", vocab_size=len(tokenizer)), tiny_moe("olmoe", vocab_size=len(tokenizer))
+    s_plain = finetune(plain, tokenizer, examples, cfg, progress=False)
+    s_pulled = finetune(pulled, tokenizer, examples, cfg, progress=False, extra_loss=pull_lm_head_to_zero)
+    assert seen == [4, 4, 4]
+    assert s_pulled.losses[0] == s_plain.losses[0]  # reported: the LM loss of the same first batch
+    assert pulled.lm_head.weight.norm() < plain.lm_head.weight.norm()

@@ -99,6 +99,33 @@ def partition(
     return [[examples[i] for i in ix] for ix in indices]
 
 
+def partition_like(examples: Sequence[Example], parts: Sequence[Sequence[Example]], *, seed: int = 0
+                   ) -> list[list[Example]]:
+    """Split ``examples`` (e.g. a test set) into disjoint client sets that follow the domain mix of ``parts``.
+
+    Domain g's examples go to client c in proportion to c's share of g's examples in ``parts`` (a domain
+    absent from ``parts``: in proportion to the clients' sizes), so each client's local test split has its
+    training domain mix: IID parts give IID splits, Dirichlet parts the same skew, pathological parts only
+    the client's own domains. Quotas are rounded by largest remainder; which examples fill them is seeded.
+    A client may get no example when ``examples`` is small.
+    """
+    domains, counts = domain_mix(parts)
+    column = {d: j for j, d in enumerate(domains)}
+    sizes = counts.sum(1).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    out: list[list[Example]] = [[] for _ in parts]
+    for domain in sorted({ex.domain for ex in examples}):
+        items = [ex for ex in examples if ex.domain == domain]
+        weights = counts[:, column[domain]].astype(np.float64) if domain in column else sizes
+        raw = len(items) * weights / weights.sum()
+        quota = np.floor(raw).astype(np.int64)
+        quota[np.argsort(-(raw - quota), kind="stable")[: len(items) - int(quota.sum())]] += 1
+        order = rng.permutation(len(items))
+        for c, (start, stop) in enumerate(zip(np.cumsum(quota) - quota, np.cumsum(quota), strict=True)):
+            out[c].extend(items[i] for i in order[start:stop])
+    return out
+
+
 def _pathological(num_clients: int, k: int, groups: list[str], by: str, seed: int) -> PathologicalPartitioner:
     """A pathological partitioner whose group assignment covers every group (so no example is dropped).
 

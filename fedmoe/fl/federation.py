@@ -76,6 +76,18 @@ class Federation:
         """Client ``client_id``'s local training examples."""
         return self.train_parts[client_id]
 
+    def client_test_data(self, client_id: int) -> list[Example]:
+        """Client ``client_id``'s local test split: the test set divided among clients with each client's
+        training domain mix (:func:`fedmoe.data.partition.partition_like`, seeded by the run seed), for
+        scoring personalised models; may be empty for a client when the test set is small."""
+        return self._test_parts[client_id]
+
+    @functools.cached_property
+    def _test_parts(self) -> list[list[Example]]:
+        from fedmoe.data.partition import partition_like
+
+        return partition_like(self.test_set, self.train_parts, seed=self.cfg.seed)
+
     @property
     def train_set(self) -> list[Example]:
         """All clients' training data together (for the centralised reference)."""
