@@ -429,6 +429,8 @@ def load_config(
                               f"got {type(file_data).__name__}")
     file_data = dict(file_data)
     blocks = _scale_blocks(file_data.pop("scales", None), label)
+    for layer in (file_data, *map(_nest, blocks.values())):
+        coerce_fields(RunConfig, layer, "", label)  # keys and types of each layer, before layers merge
     overrides = _as_dict(overrides)
     chosen = scale or overrides.pop("scale", None) or file_data.get("scale") or "default"
     overrides.pop("scale", None)
