@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fedmoe.config import RunConfig, save_config
+from fedmoe.config import RunConfig, save_config, validate
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.federation import Federation, sample_clients
 
@@ -62,6 +62,7 @@ def run(
     """
     from fedmoe.methods.base import get_method
 
+    validate(cfg)  # a config built by hand is checked too, before its folder exists
     folder = Path(out_dir) / (run_name or run_id(cfg))
     folder.mkdir(parents=True, exist_ok=True)
     ckpt_path = folder / CHECKPOINT_FILE

@@ -71,3 +71,15 @@ def test_cli_runs_and_plots(tmp_path, capsys):
     assert out.exists() and out.with_suffix(".pdf").exists()
     assert main(["run", "--scale", "smoke", "--set", "fed.roundz=1", "--out", str(tmp_path)]) == 2
     assert "roundz" in capsys.readouterr().err
+
+
+def test_cli_runs_one_folder_per_seed_on_the_same_data(tmp_path, capsys):
+    from fedmoe.cli import main
+    from fedmoe.results import load_config_dict
+
+    argv = ["run", "--scale", "smoke", "--set", "fed.rounds=1", "--seeds", "0,1", "--out", str(tmp_path), "--name", "r"]
+    assert main(argv) == 0
+    configs = [load_config_dict(tmp_path / f"r-seed{s}") for s in (0, 1)]
+    assert [c["seed"] for c in configs] == [0, 1] and [c["data_seed"] for c in configs] == [0, 0]
+    rounds = [load_rounds(tmp_path / f"r-seed{s}") for s in (0, 1)]
+    assert rounds[0][1]["clients"] != rounds[1][1]["clients"]  # the seed samples the clients
