@@ -88,12 +88,7 @@ def _prepare_models(configs: Iterable[RunConfig], *, progress: bool) -> None:
 
     seen = set()
     for cfg in configs:
-        key = (cfg.model.name, cfg.model.path, cfg.model.scale, _data_seed(cfg))
+        key = (cfg.model.name, cfg.model.path, cfg.model.scale, cfg.data_seed)
         if key not in seen and not cfg.model.path:
             seen.add(key)
-            load_base_model(cfg.model, seed=_data_seed(cfg), progress=progress)
-
-
-def _data_seed(cfg: RunConfig) -> int:
-    """The seed of the fixed world (base model, data, partition) a config runs in."""
-    return getattr(cfg, "data_seed", cfg.seed)
+            load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
