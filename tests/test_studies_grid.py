@@ -1,0 +1,76 @@
+"""The seed-grid runner and the evidence helpers: parallel equals sequential, each config runs once, and
+paired comparisons read the per-item scores of run folders."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from fedmoe.config import load_config
+from fedmoe.studies.evidence import compare, run_score, score_interval
+from fedmoe.studies.grid import run_configs, seeds_for, with_seeds
+
+
+def _smoke(**over):
+    return load_config(None, {"fed.rounds": 1, "fed.local_steps": 1, **over}, scale="smoke")
+
+
+def test_with_seeds_varies_only_the_run_seed():
+    cfgs = with_seeds([_smoke(), _smoke(method="central")], [0, 3])
+    assert [(c.method, c.seed, c.data_seed) for c in cfgs] == [("fedit", 0, 0), ("fedit", 3, 0),
+                                                              ("central", 0, 0), ("central", 3, 0)]
+
+
+def test_unknown_scale_names_the_valid_ones():
+    with pytest.raises(ValueError, match="smoke"):
+        seeds_for("huge")
+
+
+@pytest.mark.slow
+def test_parallel_grid_equals_sequential_and_runs_each_config_once(tmp_path):
+    cfgs = with_seeds([_smoke()], [0, 1])
+    par = run_configs(cfgs + cfgs[:1], out_dir=tmp_path / "par", jobs=2, progress=False)
+    seq = run_configs(cfgs, out_dir=tmp_path / "seq", jobs=1, progress=False)
+    assert par[0] == par[2] and len({p.name for p in par}) == 2
+    for a, b in zip(par, seq, strict=False):
+        rounds = [[(r["round"], r.get("score"), r.get("train_loss")) for r in map(json.loads, f.read_text().splitlines())]
+                  for f in (a / "rounds.jsonl", b / "rounds.jsonl")]
+        assert rounds[0] == rounds[1]
+
+
+def _fake_run(folder, seed, items_per_round):
+    """A run folder as the runner writes it, with hand-chosen per-item scores."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "method": "m"}))
+    lines = [{"round": r, "score": float(np.mean(items)), "item_scores": items, "sim_time": r, "wall_time": r}
+             for r, items in enumerate(items_per_round)]
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return folder
+
+
+def test_run_score_averages_the_last_evaluations(tmp_path):
+    f = _fake_run(tmp_path / "a", 0, [[0, 0], [1, 0], [1, 1]])
+    assert run_score(f) == 1.0
+    assert run_score(f, last=2) == 0.75
+    assert score_interval([f]).n == 1
+
+
+def test_compare_pairs_by_seed_and_item(tmp_path):
+    rng = np.random.default_rng(0)
+    items_b = [rng.integers(0, 2, 200).tolist() for _ in range(3)]
+    a = [_fake_run(tmp_path / f"a{s}", s, [[1] * 200]) for s in range(3)]
+    b = [_fake_run(tmp_path / f"b{s}", s, [items_b[s]]) for s in range(3)]
+    result = compare(a, b)
+    expected = 1 - np.mean(items_b)
+    assert result.difference.mean == pytest.approx(expected)
+    assert result.verdict == "leads"
+    assert compare(b, a).verdict == "trails"
+    assert compare(a, a).difference.mean == 0.0 and compare(a, a).verdict == "unresolved"
+
+
+def test_compare_refuses_unpaired_seeds(tmp_path):
+    a = [_fake_run(tmp_path / "a0", 0, [[1, 0]])]
+    b = [_fake_run(tmp_path / "b1", 1, [[1, 0]])]
+    with pytest.raises(ValueError, match="same seeds"):
+        compare(a, b)
