@@ -10,18 +10,20 @@ from pathlib import Path
 
 def _run(args) -> int:
     from fedmoe.config import load_config
-    from fedmoe.experiment import run, write_summary
+    from fedmoe.engines import run
+    from fedmoe.experiment import write_summary
+    from fedmoe.results import RunFolder
 
     cfg = load_config(args.config, args.set, scale=args.scale)
     if args.engine == "flower":
-        from fedmoe.fl.flower_engine import run_flower_simulation
+        from fedmoe.engines.flower import run_flower_simulation
 
         folder = run_flower_simulation(cfg, num_supernodes=args.supernodes, out_dir=args.out, run_name=args.name)
     else:
         folder = run(cfg, out_dir=args.out, run_name=args.name, resume=not args.no_resume,
                      stop_after=args.stop_after)
     print(f"results: {folder}")
-    if (folder / "summary.json").exists():
+    if RunFolder(folder).has_summary():
         print(json.dumps(write_summary(folder), indent=2))
     return 0
 

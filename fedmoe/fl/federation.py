@@ -63,11 +63,6 @@ class Federation:
         return model
 
     @property
-    def base_config(self):
-        """The HF config of the base model."""
-        return self._base_model.config
-
-    @property
     def priced_config(self):
         """The architecture the cost model prices: the base model's, or a paper-scale one in projection."""
         return self.cost.priced_config(self._base_model.config)
