@@ -87,6 +87,9 @@ def test_method_contract(fed, method, monkeypatch):
     server = spec.server(fed, ARGS.get(method))
     client = client_half_as_flower_builds_it(method, monkeypatch)
     assert isinstance(client, spec.Client) and not isinstance(client, Server)
+    if hasattr(client, "model"):  # the client's model is its own, never the server's evaluation model
+        server_storage = {p.data_ptr() for p in server.model.parameters()}
+        assert not server_storage & {p.data_ptr() for p in client.model.parameters()}
 
     tasks = server.plan(1, [0, 2])
     assert [t.client_id for t in tasks] == [0, 2] or method == "central"

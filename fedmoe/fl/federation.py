@@ -129,6 +129,5 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
         domains_per_client=cfg.data.domains_per_client,
         seed=cfg.seed,
     )
-    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.seed,
-                           server_seconds=cfg.cost.server_seconds)
+    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.seed)
     return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)
