@@ -11,6 +11,8 @@ from pathlib import Path
 
 def _run(args) -> int:
     from fedmoe.config import load_config
+    from fedmoe.experiment import write_summary
+    from fedmoe.results import RunFolder
 
     overrides = list(args.set)
     seeds = _parse_seeds(args.seeds, overrides)
@@ -20,9 +22,7 @@ def _run(args) -> int:
         name = f"{args.name}-seed{seed}" if args.name and len(seeds) > 1 else args.name
         folder = _run_one(cfg, args, name)
         print(f"results: {folder}")
-        if (folder / "summary.json").exists():
-            from fedmoe.experiment import write_summary
-
+        if RunFolder(folder).has_summary():
             print(json.dumps(write_summary(folder), indent=2))
     return 0
 
@@ -44,18 +44,20 @@ def _parse_seeds(text: str | None, overrides: list[str]) -> list[int | None]:
 
 def _run_one(cfg, args, name: str | None) -> Path:
     """Run one config; if it fails before its first checkpoint, remove the folders this command created."""
-    from fedmoe.experiment import CHECKPOINT_FILE, run, run_id
+    from fedmoe.engines import run
+    from fedmoe.experiment import run_id
+    from fedmoe.results import RunFolder
 
     folder = Path(args.out) / (name or run_id(cfg) + ("-flower" if args.engine == "flower" else ""))
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         if args.engine == "flower":
-            from fedmoe.fl.flower_engine import run_flower_simulation
+            from fedmoe.engines.flower import run_flower_simulation
 
             return run_flower_simulation(cfg, num_supernodes=args.supernodes, out_dir=args.out, run_name=name)
         return run(cfg, out_dir=args.out, run_name=name, resume=not args.no_resume, stop_after=args.stop_after)
     except BaseException:
-        if created and not (folder / CHECKPOINT_FILE).exists():
+        if created and not RunFolder(folder).checkpoint_path.exists():
             shutil.rmtree(folder, ignore_errors=True)
             for parent in created[1:]:
                 if parent.is_dir() and not any(parent.iterdir()):

@@ -1,52 +1,255 @@
-"""Read run folders written by :mod:`fedmoe.experiment` (plots and notebooks read results, never live objects)."""
+"""Run folders: the one place that names, writes and reads the files of ``results/<run-id>/``.
+
+:class:`RunFolder` owns the file names (:data:`CONFIG_FILE`, :data:`ROUNDS_FILE`, :data:`SUMMARY_FILE`,
+:data:`CHECKPOINT_FILE`, :data:`ENVIRONMENT_FILE`), appending and truncating the round log, and atomic writes
+(temporary file, fsync, rename) of the checkpoint and the summary, so a run killed mid-write never leaves a
+half-written file behind. Plots and notebooks read results through the functions below, never live objects.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+CONFIG_FILE = "config.yaml"
+ROUNDS_FILE = "rounds.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+ENVIRONMENT_FILE = "environment.json"
+BACKUP_SUFFIX = ".bak"
 
-def load_rounds(folder: str | Path) -> list[dict]:
-    """Every round record of a run, in order (round 0 is the evaluation before training)."""
-    path = Path(folder) / "rounds.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {folder} a run folder written by `fedmoe run`?")
-    rounds = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file beside it, fsync, then rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read (truncated, corrupt, or not written by this version)."""
+
+
+class RunFolder:
+    """The folder of one run (see the module docstring); ``path`` need not exist yet."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        """The resolved config the run was made with."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def rounds_path(self) -> Path:
+        """One JSON line per round (round 0 is the evaluation before training)."""
+        return self.path / ROUNDS_FILE
+
+    @property
+    def summary_path(self) -> Path:
+        """Final and best scores and totals, written when the last round finishes."""
+        return self.path / SUMMARY_FILE
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The state to resume from (server state, round, clocks)."""
+        return self.path / CHECKPOINT_FILE
+
+    @property
+    def environment_path(self) -> Path:
+        """Library versions, threads and hardware of the session that ran it."""
+        return self.path / ENVIRONMENT_FILE
+
+    def create(self) -> None:
+        """Create the folder (and its parents) if needed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    # --- config ---------------------------------------------------------------------------------------
+    def has_config(self) -> bool:
+        """Whether a run was started in this folder."""
+        return self.config_path.exists()
+
+    def write_config(self, cfg) -> None:
+        """Write the resolved config of ``cfg`` (a :class:`fedmoe.config.RunConfig`), atomically."""
+        text = config_text(cfg)
+        atomic_write(self.config_path, lambda fh: fh.write(text))
+
+    def holds_config(self, cfg) -> bool:
+        """Whether the folder's config is exactly the resolved config of ``cfg``."""
+        return self.config_text() == config_text(cfg)
+
+    def config_text(self) -> str:
+        """The resolved config as written."""
+        return self.config_path.read_text()
+
+    def config_dict(self) -> dict:
+        """The resolved config as a dict (a missing or damaged file is an error naming the way out)."""
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.config_path} not found: is {self.path} a run folder written by `fedmoe run`?")
+        try:
+            data = yaml.safe_load(self.config_text())
+        except yaml.YAMLError:
+            data = None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.config_path} is damaged (not a YAML mapping of the run's config); "
+                             "re-run it with `fedmoe run`")
+        return data
+
+    # --- rounds ---------------------------------------------------------------------------------------
+    def append_round(self, record: dict) -> None:
+        """Append one round's record to the round log."""
+        with self.rounds_path.open("a") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+
+    def rounds(self) -> list[dict]:
+        """Every round record, in order (a damaged line is an error naming the file and line)."""
+        path = self.rounds_path
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {self.path} a run folder written by `fedmoe run`?")
+        rounds = []
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
             try:
                 rounds.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {lineno}: not a JSON round record ({err.msg}); the file is "
                                  "damaged: re-run the config with `fedmoe run` into a new folder") from None
             if not isinstance(rounds[-1], dict) or "round" not in rounds[-1]:
-                raise ValueError(f"{path}, line {lineno}: not a round record (no 'round' key); is {folder} a "
+                raise ValueError(f"{path}, line {lineno}: not a round record (no 'round' key); is {self.path} a "
                                  "run folder written by `fedmoe run`?")
-    return rounds
+        return rounds
+
+    def truncate_rounds(self, last_round: int) -> None:
+        """Drop records after ``last_round`` (a run killed between writing a line and a checkpoint)."""
+        if not self.rounds_path.exists():
+            return
+        keep = [line for line in self.rounds_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["round"] <= last_round]
+        atomic_write(self.rounds_path, lambda fh: fh.write("".join(line + "\n" for line in keep)))
+
+    def set_rounds_aside(self) -> Path | None:
+        """Move a round log that no checkpoint can continue to ``rounds.jsonl.bak`` (never delete it);
+        returns where it went, ``None`` if there was none."""
+        if not self.rounds_path.exists():
+            return None
+        target, n = self.rounds_path.with_name(ROUNDS_FILE + BACKUP_SUFFIX), 1
+        while target.exists():
+            target, n = self.rounds_path.with_name(f"{ROUNDS_FILE}{BACKUP_SUFFIX}.{n}"), n + 1
+        self.rounds_path.rename(target)
+        return target
+
+    # --- summary --------------------------------------------------------------------------------------
+    def write_summary(self, summary: dict) -> None:
+        """Write ``summary.json`` atomically."""
+        atomic_write(self.summary_path, lambda fh: fh.write(json.dumps(summary, indent=2)))
+
+    def has_summary(self) -> bool:
+        """Whether the run finished (its summary was written)."""
+        return self.summary_path.exists()
+
+    def summary(self) -> dict:
+        """The run's summary (written when the last round finished)."""
+        if not self.summary_path.exists():
+            raise FileNotFoundError(f"{self.summary_path} not found: the run has not finished; resume it with `fedmoe run`")
+        return json.loads(self.summary_path.read_text())
+
+    # --- checkpoint -----------------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict) -> None:
+        """Write the checkpoint atomically (plain tensors, numbers, strings, lists and dicts only)."""
+        import torch
+
+        atomic_write(self.checkpoint_path, lambda fh: torch.save(state, fh), mode="wb")
+
+    def load_checkpoint(self) -> dict | None:
+        """The checkpoint, or ``None`` if there is none; a file that cannot be read is a :class:`CheckpointError`
+        naming it and the way out."""
+        import torch
+
+        if not self.checkpoint_path.exists():
+            return None
+        try:
+            return torch.load(self.checkpoint_path, weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated or foreign files
+            raise CheckpointError(
+                f"cannot read the checkpoint {self.checkpoint_path} ({type(exc).__name__}: {exc}); delete it to "
+                f"restart the run from round 0 (its {ROUNDS_FILE} is then kept aside as {ROUNDS_FILE}{BACKUP_SUFFIX})"
+            ) from exc
+
+    # --- environment ----------------------------------------------------------------------------------
+    def write_environment(self, device: str) -> dict:
+        """Write ``environment.json``: library versions, torch threads and CPU capability, the machine and the
+        training device of this session (a resumed run records the session that resumed it)."""
+        env = environment(device)
+        atomic_write(self.environment_path, lambda fh: fh.write(json.dumps(env, indent=2)))
+        return env
+
+
+def config_text(cfg) -> str:
+    """The resolved config of ``cfg`` as :func:`fedmoe.config.save_config` writes it."""
+    from fedmoe.config import save_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / CONFIG_FILE
+        save_config(cfg, path)
+        return path.read_text()
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What a run's numbers may depend on beyond its config (see :meth:`RunFolder.write_environment`)."""
+    from importlib import metadata
+
+    import torch
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": sys.version.split()[0],
+        **{name: version(name) for name in ("torch", "transformers", "peft", "flwr", "numpy")},
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "device": device,
+    }
+
+
+def load_rounds(folder: str | Path) -> list[dict]:
+    """Every round record of a run, in order (round 0 is the evaluation before training)."""
+    return RunFolder(folder).rounds()
 
 
 def load_config_dict(folder: str | Path) -> dict:
     """The resolved config a run was made with."""
-    path = Path(folder) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {folder} a run folder written by `fedmoe run`?")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        data = None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is damaged (not a YAML mapping of the run's config); re-run it with `fedmoe run`")
-    return data
+    return RunFolder(folder).config_dict()
 
 
 def load_summary(folder: str | Path) -> dict:
     """The run's ``summary.json`` (written when the last round finished)."""
-    path = Path(folder) / "summary.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the run has not finished; resume it with `fedmoe run`")
-    return json.loads(path.read_text())
+    return RunFolder(folder).summary()
 
 
 def curve(folder: str | Path, x: str = "round", y: str = "score") -> tuple[list[float], list[float]]:
@@ -55,14 +258,6 @@ def curve(folder: str | Path, x: str = "round", y: str = "score") -> tuple[list[
     return [r[x] for r in rows], [r[y] for r in rows]
 
 
-def time_to_target(folder: str | Path, target: float, x: str = "sim_time", y: str = "score") -> float | None:
-    """First ``x`` (simulated seconds by default) at which ``y`` reaches ``target``; ``None`` if never."""
-    for xv, yv in zip(*curve(folder, x, y), strict=True):
-        if yv >= target:
-            return xv
-    return None
-
-
 def is_finished(folder: str | Path) -> bool:
     """Whether a run folder holds a finished run (its summary is written after the last round)."""
-    return (Path(folder) / "summary.json").exists()
+    return RunFolder(folder).has_summary()

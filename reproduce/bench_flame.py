@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedmoe.methods.flame.experiments import METHODS, SETTINGS, client_budgets, final_score, lead, run_grid
+from fedmoe.studies.flame import METHODS, SETTINGS, client_budgets, final_score, lead, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from fedmoe.fl.federation import Federation
-from fedmoe.methods.flux.experiments import (
+from fedmoe.moe.memory import model_memory
+from fedmoe.studies.flux import (
     METHODS,
     SUITES,
     client_memory,
@@ -23,7 +24,6 @@ from fedmoe.methods.flux.experiments import (
     speedup_table,
     target_score,
 )
-from fedmoe.moe.memory import model_memory
 
 
 def main(argv: list[str] | None = None) -> int:

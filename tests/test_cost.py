@@ -1,6 +1,5 @@
 """Cost model: every formula against hand-computed values; paper-scale configs against published sizes."""
 
-import json
 
 import pytest
 from transformers import MixtralConfig
@@ -185,13 +184,9 @@ def test_cost_model_modes_and_record():
     cm = CostModel.build("consumer", seed=3)
     assert cm.priced_config(trained) is trained
     assert cm.devices(10) == get_fleet("consumer").assign(10, seed=3)
-    proj = CostModel.build("datacenter", mode="projection", arch="mixtral-8x7b", server_seconds=5.0)
+    proj = CostModel.build("datacenter", mode="projection", arch="mixtral-8x7b")
     assert proj.priced_config(trained).num_local_experts == 8
     assert proj.priced_config(trained).hidden_size == 4096
-    record = proj.describe()
-    assert record["mode"] == "projection" and record["arch"] == "mixtral-8x7b"
-    assert record["fleet"] == "datacenter" and record["fleet_mix"] == {"l20-48gb": 1.0}
-    assert json.loads(json.dumps(record))["devices"]["l20-48gb"]["bf16_flops"] == 119.5e12
     with pytest.raises(ValueError, match="arch="):
         CostModel.build("consumer", mode="projection")
     with pytest.raises(ValueError, match="mode"):
@@ -200,16 +195,3 @@ def test_cost_model_modes_and_record():
         CostModel.build("consumer", mode="projection", arch="gpt-4")
     custom = CostModel.build("consumer", mode="projection", arch=paper_config("qwen1.5-moe-a2.7b"))
     assert custom.priced_config(trained).num_experts == 60
-    assert custom.describe()["arch"] == "qwen2_moe"
-
-
-def test_cost_model_round():
-    cm = CostModel.build(get_fleet("datacenter"), server_seconds=10.0, overlap=1.0)
-    l20 = get_device("l20-48gb")
-    flops = 119.5e12 * 0.4  # one second on an L20
-    works = [ClientWork(train_flops=60 * flops, forward_flops=20 * flops), ClientWork(train_flops=50 * flops)]
-    r = cm.round(works, [l20, l20])
-    # Client 0: total 80 s, arrives at 60; server until 70; client 0's profiling ends at 80.
-    assert r.total == pytest.approx(80.0) and r.hidden == pytest.approx(10.0)
-    with pytest.raises(ValueError, match="one device per"):
-        cm.round(works, [l20])

@@ -51,6 +51,7 @@ def test_mc_accuracy_picks_the_highest_loglikelihood(model, tokenizer):
     result = evaluate(model, tokenizer, examples, batch_size=5, progress=False)
     assert result["per_domain"] == {"d0": 1.0, "d1": 0.0, "d2": 0.0}
     assert result["mc_accuracy"] == pytest.approx(1 / 3) == result["score"]
+    assert result["item_scores"] == [1.0, 0.0, 0.0]  # each question's own score, in test-set order
 
 
 def test_batched_left_padded_generation_equals_one_by_one(model, tokenizer):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedmoe.config import load_config
-from fedmoe.experiment import run
+from fedmoe.engines import run
 from fedmoe.results import load_rounds, load_summary
 
 DETERMINISTIC = ("round", "clients", "sim_time", "train_loss", "score", "round_seconds", "bytes_up")

@@ -194,7 +194,7 @@ def test_data_skew_and_load_cv():
 # --- server and client ----------------------------------------------------------------------------------
 def _update(server, client, value, n):
     return ClientUpdate(client, 1, {k: torch.full_like(v, value) for k, v in server.global_state.items()},
-                        num_examples=n, metrics={"aux_loss": 0.0}, extra={"top_k": 2, "load_cv": 0.0})
+                        num_examples=n, metrics={"aux_loss": 0.0}, diagnostics={"top_k": 2, "load_cv": 0.0})
 
 
 @pytest.mark.parametrize("personal", [False, True])
@@ -244,13 +244,13 @@ def test_client_update_trains_adapter_only_and_lowers_the_loss():
     update = client.update(task)
     assert loss_on_client(update.tensors) < before
     assert all(torch.equal(p, base[n]) for n, p in client.model.named_parameters() if n in base)
-    assert update.extra["top_k"] == 1 and update.num_examples == len(fed.client_data(3))
-    load = torch.tensor(update.extra["adapter_load"])
+    assert update.diagnostics["top_k"] == 1 and update.num_examples == len(fed.client_data(3))
+    load = torch.tensor(update.diagnostics["adapter_load"])
     assert load.shape == (fed.base_config.num_hidden_layers, args.num_experts)
     assert (load.sum(1) == update.metrics["tokens"] * k).all()
-    assert update.extra["h"] == pytest.approx(1 + (1 - 1 / 8) + update.extra["skew"])
+    assert update.diagnostics["h"] == pytest.approx(1 + (1 - 1 / 8) + update.diagnostics["skew"])
     p = adapter_params(fed.priced_config, 8, 16, 1)
-    assert update.extra["trainable_params"] == p.total == sum(x.numel() for x in adapter_parameters(client.model))
+    assert update.diagnostics["trainable_params"] == p.total == sum(x.numel() for x in adapter_parameters(client.model))
     assert update.work["bytes_up"] == p.total * 4 and update.work["train_flops"] > 0
 
 
@@ -281,7 +281,7 @@ def test_local_test_splits_partition_the_test_set(fed):
 # --- end to end -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("personal", [False, True])
 def test_smoke_run_finishes_and_resumes_exactly(tmp_path, personal):
-    from fedmoe.experiment import run
+    from fedmoe.engines import run
     from fedmoe.results import load_rounds, load_summary
 
     cfg = load_config(None, {"method": "fftmoe", "fed.rounds": 2, "method_args": {"personal_router": personal}},
@@ -289,7 +289,7 @@ def test_smoke_run_finishes_and_resumes_exactly(tmp_path, personal):
     full = run(cfg, out_dir=tmp_path / "a", progress=False)
     rounds = load_rounds(full)
     assert [r["round"] for r in rounds] == [0, 1, 2] and rounds[-1]["sim_time"] > 0
-    extra = next(iter(rounds[-1]["client_extra"].values()))
+    extra = next(iter(rounds[-1]["client_log"].values()))
     assert {"top_k", "load_cv", "adapter_load", "flops_per_token"} <= set(extra)
     if personal:
         run(cfg, out_dir=tmp_path / "b", stop_after=1, progress=False)
@@ -310,5 +310,5 @@ def test_aux_loss_lowers_the_load_coefficient_of_variation():
     for aux in (False, True):
         args = FFTMoEArgs(aux_loss=aux, aux_coef=0.1)
         update = FFTMoEClient(fed, args).update(FFTMoEServer(fed, args).plan(1, [0])[0])
-        cv[aux] = update.extra["load_cv"]
+        cv[aux] = update.diagnostics["load_cv"]
     assert cv[True] < 0.5 * cv[False]

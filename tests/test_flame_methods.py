@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedmoe.config import load_config
-from fedmoe.experiment import run
+from fedmoe.engines import run
 from fedmoe.fl.contract import ClientUpdate
 from fedmoe.fl.federation import Federation
 from fedmoe.methods import get_method
@@ -29,7 +29,13 @@ def fed():
 
 
 def _method(fed, name, **args):
-    return get_method(name)(fed, {"rank": 4, "tiers": TIERS, **args})
+    """The server half of ``name``."""
+    return get_method(name).server(fed, {"rank": 4, "tiers": TIERS, **args})
+
+
+def _client(fed, name, **args):
+    """The client half of ``name``."""
+    return get_method(name).client(fed, {"rank": 4, "tiers": TIERS, **args})
 
 
 def _const_state(method, rank, value):
@@ -38,17 +44,18 @@ def _const_state(method, rank, value):
                          rank), value)) for p, (a, b) in method.factors(method.global_state).items()})
 
 
-def _update(cid, state, n, **extra):
-    return ClientUpdate(cid, 1, state, num_examples=n, metrics={"tokens": 10}, extra={"rank": 4, "top_k": 2, **extra})
+def _update(cid, state, n, **payload):
+    return ClientUpdate(cid, 1, state, num_examples=n, metrics={"tokens": 10}, payload=payload)
 
 
 def test_budgets_per_tier(fed):
     flame, het = _method(fed, "flame"), _method(fed, "hetlora")
     assert flame.full_top_k == 2  # smoke zoo model: 4 experts, top-2 -> ladder 2, 1, 1
-    assert [flame.client_top_k(c) for c in range(4)] == [2, 1, 1, 2]
-    assert [flame.client_rank(c) for c in range(4)] == [4, 4, 4, 4]
-    assert [het.client_rank(c) for c in range(4)] == [4, 2, 1, 4]
-    assert [het.client_top_k(c) for c in range(4)] == [2, 2, 2, 2]
+    assert [flame.budget(c).top_k for c in range(4)] == [2, 1, 1, 2]
+    assert [flame.budget(c).rank for c in range(4)] == [4, 4, 4, 4]
+    assert [het.budget(c).rank for c in range(4)] == [4, 2, 1, 4]
+    assert [het.budget(c).top_k for c in range(4)] == [2, 2, 2, 2]
+    assert _client(fed, "flame").budget(1) == flame.budget(1)  # one budget, the same on both halves
     plan = {t.client_id: t.plan for t in flame.plan(1, [0, 1])}
     assert plan[0]["rescale"] == [1.0, 1.0] and plan[1]["rescale"] == [2.0, 2.0]  # k / k_i per MoE layer
 
@@ -70,15 +77,15 @@ def test_hetlora_sends_truncation_and_averages_zero_padded(fed):
 
 
 def test_truncated_client_trains_only_its_components(fed):
-    het = _method(fed, "hetlora")
+    het, client = _method(fed, "hetlora"), _client(fed, "hetlora")
     task = next(t for t in het.plan(1, [2]))  # tier 2: rank 1
-    _, state = het.fit(task, het.padded(task.tensors), top_k=het.full_top_k)
+    _, state = client.fit(task, client.padded(task.tensors), top_k=client.full_top_k)
     for p, (a, b) in het.factors(state).items():
         assert torch.count_nonzero(a[:, 1:]) == 0 and torch.count_nonzero(b[:, :, 1:]) == 0, p
         assert torch.count_nonzero(b[:, :, 0]) > 0, p  # the live component did train
-    update = het.client_update(task)
+    update = client.update(task)
     assert all(a.shape[1] == 1 for a, _ in het.factors(update.tensors).values())
-    assert update.extra["rank"] == 1 and update.work["train_flops"] > 0
+    assert task.notes["rank"] == 1 and update.work["train_flops"] > 0
 
 
 def test_flexlora_averages_products_and_redistributes_by_svd(fed):
@@ -99,20 +106,21 @@ def test_flexlora_averages_products_and_redistributes_by_svd(fed):
 
 def test_flora_merges_stacked_update_into_base(fed):
     flora = _method(fed, "flora")
-    base = adapted_base_weights(flora._server)
-    # weights 1 and 3: 0.25 * (4 * 1 * 1) + 0.75 * (1 * 2 * 2) = 1 + 3 = 4 in every entry of B A
-    flora.aggregate(1, [_update(0, _const_state(flora, 4, 1.0), 1, rank=4),
-                        _update(2, _const_state(flora, 1, 2.0), 3, rank=1)])
+    base = adapted_base_weights(flora.model)
+    # clients 0 (rank 4) and 2 (rank 1), weights 1 and 3:
+    # 0.25 * (4 * 1 * 1) + 0.75 * (1 * 2 * 2) = 1 + 3 = 4 in every entry of B A
+    flora.aggregate(1, [_update(0, _const_state(flora, 4, 1.0), 1), _update(2, _const_state(flora, 1, 2.0), 3)])
     assert flora.last_stack["rank"] == 5
     scaling = flora.args.alpha / flora.args.rank
     merged = adapted_base_weights(flora.eval_model())
     assert all(torch.allclose(merged[p], base[p] + scaling * 4.0, atol=1e-5) for p in base)
     # a client rebuilds the same global model from its task, then trains a fresh LoRA on top
     task = flora.plan(2, [1])[0]
-    update = flora.client_update(task)
-    local = adapted_base_weights(flora.local_model())
+    client = _client(fed, "flora")
+    update = client.update(task)
+    local = adapted_base_weights(client.model)
     assert all(torch.allclose(local[p], merged[p], atol=1e-5) for p in base)
-    assert update.extra["rank"] == 2 and all(a.shape[1] == 2 for a, _ in flora.factors(update.tensors).values())
+    assert task.notes["rank"] == 2 and all(a.shape[1] == 2 for a, _ in flora.factors(update.tensors).values())
     assert update.work["bytes_down"] > 0
 
 
@@ -138,18 +146,19 @@ def test_flame_activation_aware_aggregation_on_the_model(fed):
 def test_flame_client_top_k_and_rescaler(fed):
     flame = _method(fed, "flame")
     task = flame.plan(1, [1])[0]  # tier 1: k = 1, rescaler starts at 2
-    update = flame.client_update(task)
-    assert update.extra["top_k"] == 1 and update.extra["rank"] == 4
-    assert all(abs(s - 2.0) > 1e-6 for s in update.extra["rescale"])  # trained
+    client = _client(fed, "flame")
+    update = client.update(task)
+    assert task.plan["top_k"] == 1 and task.notes["rank"] == 4
+    assert all(abs(s - 2.0) > 1e-6 for s in update.payload["rescale"])  # trained
     counts = torch.tensor(update.expert_tokens)
     assert torch.equal(counts.sum(-1), torch.full_like(counts.sum(-1), update.metrics["tokens"]))  # one expert/token
-    assert flame.local_model().config.num_experts_per_tok == 2  # restored after training
-    fixed = _method(fed, "flame", rescaler="fixed").client_update(task)
-    none = _method(fed, "flame", rescaler="none").client_update(task)
-    assert fixed.extra["rescale"] == [2.0, 2.0] and none.extra["rescale"] == [1.0, 1.0]
+    assert client.model.config.num_experts_per_tok == 2  # restored after training
+    fixed = _client(fed, "flame", rescaler="fixed").update(task)
+    none = _client(fed, "flame", rescaler="none").update(task)
+    assert fixed.payload["rescale"] == [2.0, 2.0] and none.payload["rescale"] == [1.0, 1.0]
     # per-tier rescaler: |D|-weighted mean of the tier's clients (tiers 1 and 2 both have k = 1)
-    u1 = _update(1, update.tensors, 1, top_k=1, rescale=[1.0, 3.0])
-    u2 = _update(2, update.tensors, 3, top_k=1, rescale=[2.0, 2.0])
+    u1 = _update(1, update.tensors, 1, rescale=[1.0, 3.0])
+    u2 = _update(2, update.tensors, 3, rescale=[2.0, 2.0])
     u1.expert_tokens = u2.expert_tokens = update.expert_tokens
     server = flame.aggregate(1, [u1, u2])
     assert flame.rescales["k1"] == [1.75, 2.25] and server["rescale_k1"] == 2.0
@@ -162,7 +171,7 @@ def test_end_to_end_and_resume(tmp_path, method):
     folder = run(cfg, out_dir=tmp_path, progress=False)
     rounds = load_rounds(folder)
     assert [r["round"] for r in rounds] == [0, 1, 2] and all("score" in r for r in rounds)
-    extra = rounds[-1]["client_extra"]
+    extra = rounds[-1]["client_log"]
     assert set(extra) == {str(c) for c in rounds[-1]["clients"]}
     for cid, e in extra.items():
         tier = TIERS[int(cid)]

@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fedmoe.config import load_config
-from fedmoe.experiment import SUMMARY_FILE, run, run_id
+from fedmoe.engines import run
+from fedmoe.experiment import run_id
 from fedmoe.moe.zoo import default_cache_dir
-from fedmoe.results import load_rounds
+from fedmoe.results import SUMMARY_FILE, load_rounds
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

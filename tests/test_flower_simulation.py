@@ -7,8 +7,8 @@ import psutil
 import pytest
 
 from fedmoe.config import load_config
-from fedmoe.experiment import run
-from fedmoe.fl.flower_engine import run_flower_simulation
+from fedmoe.engines import run
+from fedmoe.engines.flower import run_flower_simulation
 from fedmoe.results import load_rounds
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from fedmoe.config import load_config
-from fedmoe.experiment import run
+from fedmoe.engines import run
 from fedmoe.fl.cost import ClientWork, check_fits
 from fedmoe.fl.federation import Federation
 from fedmoe.methods.base import get_method
-from fedmoe.methods.flux.experts import parse_key
+from fedmoe.methods.experts.base import parse_key
 from fedmoe.results import load_rounds
 
 CONFIG = "reproduce/configs/flux.yaml"
@@ -28,19 +28,24 @@ def fed():
     return Federation.from_config(_cfg())
 
 
+def _halves(fed, name, args=None):
+    spec = get_method(name)
+    return spec.server(fed, args), spec.client(fed, args)
+
+
 def test_flux_client_uploads_only_tuning_experts_and_fits(fed):
-    method = get_method("flux")(fed, {"profile_examples": 8})
+    method, client = _halves(fed, "flux", {"profile_examples": 8})
     tasks = method.plan(1, [0, 1])
-    updates = [method.client_update(t) for t in tasks]
+    updates = [client.update(t) for t in tasks]
     before = {k: v.clone() for k, v in method.global_state.items()}
     for task, update in zip(tasks, updates, strict=True):
         tuning = {(layer, e) for layer, t in enumerate(task.plan["tuning"]) for e in t}
         assert {parse_key(k)[:2] for k in update.tensors} == tuning
-        assert len(tuning) == method.tune_counts[task.client_id]
+        assert len(tuning) == method.budget(task.client_id).tune
         check_fits(ClientWork.from_dict(update.work), fed.devices[task.client_id])
-        assert sum(update.extra["slots"]) <= len(tuning) + method.slot_counts[task.client_id]
-        assert 0 <= update.extra["profile_error"] <= 2 and update.extra["stale"] is False
-        assert set(update.extra["grad_sq"]) == {f"{layer}.{e}" for layer, e in tuning}
+        assert sum(update.diagnostics["slots"]) <= len(tuning) + method.budget(task.client_id).slots
+        assert 0 <= update.diagnostics["profile_error"] <= 2 and update.diagnostics["stale"] is False
+        assert set(update.payload["grad_sq"]) == {f"{layer}.{e}" for layer, e in tuning}
     method.aggregate(1, updates)
     uploaded = {parse_key(k)[:2] for u in updates for k in u.tensors}
     for key, value in method.global_state.items():
@@ -55,23 +60,23 @@ def test_flux_client_uploads_only_tuning_experts_and_fits(fed):
 
 
 def test_baselines_price_offloading_dropping_and_quantization(fed):
-    fmd = get_method("fmd")(fed, {})
+    fmd, fmd_client = _halves(fed, "fmd")
     task = fmd.plan(1, [0])[0]
-    u = fmd.client_update(task)
-    pm, res = fmd.pm, fmd.resident[0]
+    u = fmd_client.update(task)
+    pm, res = fmd_client.pm, fmd_client.budget(0)
     steps = u.metrics["steps"]
     assert u.work["host_device_bytes"] == (pm.total_experts - res) * (2 * pm.expert_bytes[16] + pm.expert_bytes[16]) * steps
     check_fits(ClientWork.from_dict(u.work), fed.devices[0])
     assert len(u.tensors) == 2 * len(u.expert_tokens) * len(u.expert_tokens[0])  # every expert, both tensors
-    fmq = get_method("fmq")(fed, {})
-    uq = fmq.client_update(fmq.plan(1, [0])[0])
+    fmq, fmq_client = _halves(fed, "fmq")
+    uq = fmq_client.update(fmq.plan(1, [0])[0])
     assert uq.work["host_device_bytes"] < u.work["host_device_bytes"] and uq.work["bytes_down"] < u.work["bytes_down"]
     assert uq.work["memory_bytes"] <= fed.devices[0].memory_bytes
-    fmes = get_method("fmes")(fed, {"profile_examples": 8})
-    ue = fmes.client_update(fmes.plan(1, [0])[0])
-    kept = ue.extra["kept"]
+    fmes, fmes_client = _halves(fed, "fmes", {"profile_examples": 8})
+    ue = fmes_client.update(fmes.plan(1, [0])[0])
+    kept = ue.diagnostics["kept"]
     assert {parse_key(k)[:2] for k in ue.tensors} == {(layer, e) for layer, idx in enumerate(kept) for e in idx}
-    assert all(len(idx) == fmes.kept[0] for idx in kept)
+    assert all(len(idx) == fmes.budget(0).kept for idx in kept)
     for layer, row in enumerate(ue.expert_tokens):
         assert all(row[e] == 0 for e in range(len(row)) if e not in kept[layer])  # dropped experts saw nothing
     check_fits(ClientWork.from_dict(ue.work), fed.devices[0])
@@ -87,8 +92,8 @@ def test_flux_resume_is_exact(tmp_path):
     a = [{k: r.get(k) for k in keys} for r in load_rounds(full)]
     b = [{k: r.get(k) for k in keys} for r in load_rounds(resumed)]
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-    sa = torch.load(full / "checkpoint.pt", weights_only=False)["method"]
-    sb = torch.load(resumed / "checkpoint.pt", weights_only=False)["method"]
+    sa = torch.load(full / "checkpoint.pt", weights_only=True)["method"]
+    sb = torch.load(resumed / "checkpoint.pt", weights_only=True)["method"]
     assert torch.equal(torch.nan_to_num(sa["utilities"], -1.0), torch.nan_to_num(sb["utilities"], -1.0))
     assert all(torch.equal(sa["global"][k], sb["global"][k]) for k in sa["global"])
 
@@ -97,13 +102,13 @@ def test_fedit_nf4_fits_the_smallest_device_where_bf16_fedit_does_not(fed):
     from fedmoe.fl.cost import DoesNotFitError
 
     small = min(range(len(fed.devices)), key=lambda c: fed.devices[c].memory_bytes)
-    q = get_method("fedit-nf4")(fed, {})
-    u = q.client_update(q.plan(1, [small])[0])
+    q, q_client = _halves(fed, "fedit-nf4")
+    u = q_client.update(q.plan(1, [small])[0])
     check_fits(ClientWork.from_dict(u.work), fed.devices[small])
-    plain = get_method("fedit")(fed, {})
-    up = plain.client_update(plain.plan(1, [small])[0])
+    plain, plain_client = _halves(fed, "fedit")
+    up = plain_client.update(plain.plan(1, [small])[0])
     with pytest.raises(DoesNotFitError):
         check_fits(ClientWork.from_dict(up.work), fed.devices[small])
     base_w = fed.base_model().model.layers[0].self_attn.q_proj.weight
-    q_w = q._server.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    q_w = q.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
     assert not torch.equal(base_w, q_w) and torch.allclose(base_w, q_w, atol=0.2 * float(base_w.abs().max()))

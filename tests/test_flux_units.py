@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 
+from fedmoe.methods.experts.base import aggregate_experts, expert_key
 from fedmoe.methods.flux.assignment import eps_at, select_roles, utility, zo_grad_sq
 from fedmoe.methods.flux.budget import layer_merge_budget, spread, tiny_count
-from fedmoe.methods.flux.experts import aggregate_experts, expert_key
 from fedmoe.methods.flux.profiling import Profile, profile_error, received_attention
 
 

@@ -116,8 +116,9 @@ def evaluate(
     """Score ``model`` on ``examples``: per-metric means, a combined ``score`` and per-domain scores.
 
     Returns ``{"score", "n", <metric>: mean for each metric present, "per_domain": {domain: score},
-    "predictions": [text or chosen choice per example]}``; ``score`` is the mean over examples of each
-    example's own metric (in [0, 1]).
+    "predictions": [text or chosen choice per example], "item_scores": [each example's own metric, in
+    test-set order]}``; ``score`` is the mean of ``item_scores`` (in [0, 1]). Per-item scores let two
+    methods be compared paired, on the same test items.
     """
     if not examples:
         raise ValueError("evaluate needs at least one example; got an empty list")
@@ -170,4 +171,5 @@ def evaluate(
     result.update({m: sum(v) / len(v) for m, v in by_metric.items()})
     result["per_domain"] = {d: sum(v) / len(v) for d, v in sorted(by_domain.items())}
     result["predictions"] = predictions
+    result["item_scores"] = list(per_example)
     return result

@@ -2,8 +2,11 @@
 
 Methods speak only in these two types; engines only move them. A :class:`ClientTask` carries the
 tensors a client receives (its sub-model, adapter or experts) and a JSON-serialisable plan (which
-experts to tune, its top-k, its learning rate...). A :class:`ClientUpdate` carries the tensors
-sent back, the number of examples, and diagnostics the cost model and the plots need.
+experts to tune, its top-k, its learning rate...); the server's own ``notes`` on the task (a client's tier,
+the seconds spent planning it) stay with the server and go to the round's log, never to the client. A
+:class:`ClientUpdate` separates what the server aggregates (``tensors`` and the JSON ``payload``) from
+what is only logged (``diagnostics``), beside the example count, training metrics, routed-token counts and
+the cost-model inputs (``work``).
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ import torch
 
 @dataclass
 class ClientTask:
-    """Work for one client in one round."""
+    """Work for one client in one round.
+
+    Attributes:
+        tensors: the parameters sent down.
+        plan: JSON-serialisable instructions the client needs (its experts to tune, top-k, rank...).
+        notes: the server's JSON notes on this task for the round's log; engines never send them.
+    """
 
     client_id: int
     round: int
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bytes_down(self) -> int:
@@ -37,10 +47,12 @@ class ClientUpdate:
     Attributes:
         tensors: the parameters sent up (the method decides which).
         num_examples: local training examples (FedAvg weights).
-        metrics: scalar diagnostics (train loss, steps, tokens...).
+        metrics: scalar training metrics (train loss, steps, tokens).
         expert_tokens: tokens routed to each expert during local training, per MoE layer.
         work: the cost-model inputs measured or computed by the client (FLOPs, bytes, memory).
-        extra: method-specific JSON-serialisable diagnostics.
+        payload: method-specific JSON values the server aggregates (FLUX's profile and gradient norms,
+            FLAME's trained rescaler).
+        diagnostics: method-specific JSON values only logged (errors, timings, FLOPs per token).
     """
 
     client_id: int
@@ -50,7 +62,8 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
     expert_tokens: list[list[int]] = field(default_factory=list)
     work: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bytes_up(self) -> int:
@@ -64,7 +77,7 @@ def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 
 def task_to_json(task: ClientTask) -> str:
-    """The non-tensor part of a task as JSON (for transports that carry strings)."""
+    """The part of a task a client receives, less its tensors, as JSON (the server's notes stay behind)."""
     return json.dumps({"client_id": task.client_id, "round": task.round, "plan": task.plan})
 
 
@@ -84,7 +97,8 @@ def update_to_json(update: ClientUpdate) -> str:
             "metrics": update.metrics,
             "expert_tokens": update.expert_tokens,
             "work": update.work,
-            "extra": update.extra,
+            "payload": update.payload,
+            "diagnostics": update.diagnostics,
         }
     )
 

@@ -46,7 +46,7 @@ a conservative choice since consumer GPUs run INT4 weight-only kernels at bf16 m
 
 :class:`CostModel` bundles a fleet with these options and a ``mode``: ``"trained"`` prices the model
 actually trained, ``"projection"`` prices a paper-scale architecture (:mod:`fedmoe.fl.paper_configs`)
-doing the same plan; :meth:`CostModel.describe` records which, for results and figure captions.
+doing the same plan (a run's config records which, for results and figure captions).
 
 Unit conventions: FLOPs, bytes, seconds.
 """
@@ -257,21 +257,18 @@ Mode = Literal["trained", "projection"]
 
 @dataclass(frozen=True)
 class CostModel:
-    """A fleet plus the options that price a run; recorded in results so figures say what was priced.
+    """A fleet plus the options that price a run.
 
     ``mode="trained"`` prices the model actually trained; ``mode="projection"`` prices the
     paper-scale architecture ``arch`` (a :mod:`fedmoe.fl.paper_configs` name or Hub id, or an HF
     config) doing the same plan (tokens, top-k, fraction of experts tuned). ``seed`` fixes which
-    client gets which device; ``server_seconds`` is the server's aggregation time per round and
-    ``overlap`` the fraction of forward-only client work hidden behind it (see :func:`round_time`).
+    client gets which device. A round's time is :func:`round_time` of the clients' times.
     """
 
     fleet: Fleet
     mode: Mode = "trained"
     arch: str | PretrainedConfig | None = None
     seed: int = 0
-    server_seconds: float = 0.0
-    overlap: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("trained", "projection"):
@@ -301,27 +298,3 @@ class CostModel:
     def devices(self, num_clients: int) -> list[DeviceProfile]:
         """Each client's device profile (deterministic in ``seed``)."""
         return self.fleet.assign(num_clients, self.seed)
-
-    def round(self, works: Sequence[ClientWork], devices: Sequence[DeviceProfile]) -> RoundTime:
-        """Round time of the sampled clients' ``works`` on their ``devices`` (same order)."""
-        if len(works) != len(devices):
-            raise ValueError(f"{len(works)} works but {len(devices)} devices; give one device per sampled client.")
-        times = [client_time(w, d) for w, d in zip(works, devices, strict=True)]
-        return round_time(times, self.server_seconds, self.overlap)
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-serialisable record of what is priced and how (written into a run's results)."""
-        if self.arch is None or isinstance(self.arch, str):
-            arch: Any = self.arch
-        else:
-            arch = getattr(self.arch, "name_or_path", "") or self.arch.model_type
-        return {
-            "mode": self.mode,
-            "arch": arch,
-            "fleet": self.fleet.name,
-            "fleet_mix": {p.name: f for p, f in self.fleet.mix},
-            "devices": {p.name: asdict(p) for p, _ in self.fleet.mix},
-            "seed": self.seed,
-            "server_seconds": self.server_seconds,
-            "overlap": self.overlap,
-        }

@@ -65,11 +65,6 @@ class Federation:
         return model
 
     @property
-    def base_config(self):
-        """The HF config of the base model."""
-        return self._base_model.config
-
-    @property
     def priced_config(self):
         """The architecture the cost model prices: the base model's, or a paper-scale one in projection."""
         return self.cost.priced_config(self._base_model.config)
@@ -148,8 +143,7 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
         domains_per_client=cfg.data.domains_per_client,
         seed=cfg.data_seed,
     )
-    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.data_seed,
-                           server_seconds=cfg.cost.server_seconds)
+    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.data_seed)
     model, tokenizer = load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
     model.requires_grad_(False)
     return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)

@@ -14,7 +14,7 @@ import transformers
 
 SUPPORTED_FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "deepseek_v2", "deepseek_v3")
 
-# Fast on CPU (DESIGN.md: `batched_mm` is ~50x slower on CPU; `grouped_mm` and `eager` are fine).
+# Fast on CPU (docs/design.md: `batched_mm` is ~50x slower on CPU; `grouped_mm` and `eager` are fine).
 CPU_EXPERTS_IMPLEMENTATION = "grouped_mm"
 
 

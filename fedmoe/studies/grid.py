@@ -22,7 +22,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedmoe.config import RunConfig
-from fedmoe.experiment import run, run_id
+from fedmoe.engines import run
+from fedmoe.experiment import run_id
 from fedmoe.results import is_finished
 
 # Run seeds per scale: smoke keeps CI fast with the fewest seeds that still give an interval.

@@ -1,5 +1,16 @@
 """FedIT: homogeneous LoRA + FedAvg, with centralised and local-only reference lines."""
 
-from fedmoe.methods.fedit.method import Central, FedIT, FedITArgs, LocalOnly
+from fedmoe.methods.fedit.method import (
+    CENTRAL,
+    FEDIT,
+    LOCAL,
+    CentralClient,
+    CentralServer,
+    FedITArgs,
+    FedITClient,
+    FedITServer,
+    LocalOnlyServer,
+)
 
-__all__ = ["Central", "FedIT", "FedITArgs", "LocalOnly"]
+__all__ = ["CENTRAL", "FEDIT", "LOCAL", "CentralClient", "CentralServer", "FedITArgs", "FedITClient", "FedITServer",
+           "LocalOnlyServer"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedmoe.fl.cost import token_flops
 from fedmoe.fl.pricing import lora_params
-from fedmoe.methods.base import parse_args
+from fedmoe.methods.base import get_method
 from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
 from fedmoe.moe.memory import as_config
 
@@ -51,22 +51,20 @@ def budget_table(fed, methods_args: dict[str, dict[str, Any] | None], *, seq_len
 
     ``methods_args``: ``{"fftmoe" | "fedit" | "hetlora": method_args}`` (``None``: the method's defaults).
     """
-    from fedmoe.methods.fedit.method import FedITArgs
-    from fedmoe.methods.fftmoe.method import FFTMoEArgs, client_budget
-    from fedmoe.methods.hetero.base import HeteroArgs
+    from fedmoe.methods.fftmoe.method import client_budget
 
     config, n = fed.priced_config, fed.cfg.fed.num_clients
     s = seq_len or fed.cfg.fed.max_length
     rows = []
     for method, raw in methods_args.items():
         if method == "fftmoe":
-            args = parse_args(FFTMoEArgs, raw, method)
+            args = get_method(method).parse_args(raw)
             for c in range(n):
                 tier, k = client_budget(fed, args, c)
                 p = adapter_params(config, args.num_experts, args.bottleneck, k)
                 rows.append(_row(method, c, tier, "top_k", k, p.total, p.active, config, s))
         elif method in ("fedit", "hetlora"):
-            args = parse_args(FedITArgs if method == "fedit" else HeteroArgs, raw, method)
+            args = get_method(method).parse_args(raw)
             tiers = client_tiers(fed.devices, getattr(args, "tiers", None),
                                  getattr(args, "tier_tflops", DEFAULT_TIER_TFLOPS))
             for c in range(n):

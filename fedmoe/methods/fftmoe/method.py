@@ -10,7 +10,7 @@ contract and the :class:`Federation`:
 - :class:`FFTMoEClient` builds its own model (base + adapters), derives its K_n from its device tier and
   its data skew from its local data, trains, and prices its work.
 
-:class:`FFTMoE` is the registered :class:`~fedmoe.methods.base.Method` that delegates to both.
+Both are registered as the method ``fftmoe`` (:data:`FFTMOE`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fedmoe.fl.aggregate import weighted_average
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import token_flops
 from fedmoe.fl.pricing import payload_bytes, training_work
-from fedmoe.methods.base import Method, register
+from fedmoe.methods.base import Client, Server, register
 from fedmoe.methods.fftmoe.adapter import (
     adapter_parameters,
     adapter_state_dict,
@@ -90,11 +90,11 @@ def _adapted_base(fed, args: FFTMoEArgs) -> torch.nn.Module:
                                top_k=args.top_k, activation=args.activation)
 
 
-class FFTMoEServer:
+class FFTMoEServer(Server):
     """Server half: the global adapter (experts + router), personal routers, aggregation, models to evaluate."""
 
     def __init__(self, fed, args: FFTMoEArgs):
-        self.fed, self.args = fed, args
+        super().__init__(fed, args)
         torch.manual_seed(fed.cfg.seed)
         self.model = _adapted_base(fed, args)
         self.global_state = adapter_state_dict(self.model)
@@ -130,9 +130,9 @@ class FFTMoEServer:
             merged = {**experts, **router}
         self.global_state = {k: merged[k] for k in self.global_state}
         n = len(updates)
-        return {"clients": n, "mean_top_k": sum(u.extra["top_k"] for u in updates) / n,
+        return {"clients": n, "mean_top_k": sum(u.diagnostics["top_k"] for u in updates) / n,
                 "mean_aux_loss": sum(u.metrics["aux_loss"] for u in updates) / n,
-                "mean_load_cv": sum(u.extra["load_cv"] for u in updates) / n}
+                "mean_load_cv": sum(u.diagnostics["load_cv"] for u in updates) / n}
 
     def eval_model(self) -> torch.nn.Module:
         """The global model: global adapter (mean router when personal) at the tier-0 top_k, in eval mode."""
@@ -160,11 +160,11 @@ class FFTMoEServer:
         self.global_state, self.routers = state["global"], state["routers"]
 
 
-class FFTMoEClient:
+class FFTMoEClient(Client):
     """Client half: its model (base + adapters, built here), K_n from its tier, local training, pricing."""
 
     def __init__(self, fed, args: FFTMoEArgs):
-        self.fed, self.args = fed, args
+        super().__init__(fed, args)
         self.model = _adapted_base(fed, args)  # initial adapter values are overwritten by every task
         self.domains = sorted({ex.domain for ex in fed.train_set})
 
@@ -196,7 +196,7 @@ class FFTMoEClient:
             expert_tokens=stats.expert_counts.tolist() if stats.expert_counts is not None else [],
         )
         update.work, flops_per_token, trainable = self.price(task, update, stats, k)
-        update.extra = {"tier": tier, "top_k": k, "skew": skew, "h": h, "load_cv": load_cv(reg.counts),
+        update.diagnostics = {"tier": tier, "top_k": k, "skew": skew, "h": h, "load_cv": load_cv(reg.counts),
                         "adapter_load": reg.counts.tolist(), "trainable_params": trainable,
                         "flops_per_token": flops_per_token, "train_flops": update.work["train_flops"]}
         return update
@@ -218,37 +218,4 @@ class FFTMoEClient:
         return work, flops.train, p.total
 
 
-@register("fftmoe")
-class FFTMoE(Method):
-    """Today's runner interface over :class:`FFTMoEServer` and :class:`FFTMoEClient` (module docstring)."""
-
-    Args = FFTMoEArgs
-
-    def __init__(self, fed, args=None):
-        super().__init__(fed, args)
-        self.server = FFTMoEServer(fed, self.args)
-        self._client: FFTMoEClient | None = None
-
-    def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
-        return self.server.plan(round_, clients)
-
-    def client_update(self, task: ClientTask) -> ClientUpdate:
-        if self._client is None:
-            self._client = FFTMoEClient(self.fed, self.args)
-        return self._client.update(task)
-
-    def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
-        return self.server.aggregate(round_, updates)
-
-    def eval_model(self) -> torch.nn.Module:
-        return self.server.eval_model()
-
-    def personalised_models(self) -> Iterator[tuple[int, torch.nn.Module]]:
-        """Each client's personalised model (:meth:`FFTMoEServer.personalised_models`)."""
-        return self.server.personalised_models()
-
-    def state_dict(self) -> dict:
-        return self.server.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.server.load_state_dict(state)
+FFTMOE = register("fftmoe", FFTMoEArgs, FFTMoEServer, FFTMoEClient)

@@ -16,7 +16,7 @@ from fedmoe.methods.base import register
 from fedmoe.methods.flame.aggregate import FREQUENCIES, activation_frequencies, activation_weights
 from fedmoe.methods.flame.rescaler import MODES, Rescaler, initial_scale
 from fedmoe.methods.hetero.adapters import moe_index_of_prefix
-from fedmoe.methods.hetero.base import HeteroArgs, HeteroLoRA
+from fedmoe.methods.hetero.base import HeteroArgs, HeteroClient, HeteroServer
 from fedmoe.methods.hetero.lowrank import from_factors, weighted_factor_average
 from fedmoe.methods.hetero.tiers import ladder
 from fedmoe.moe.layers import moe_layers
@@ -43,60 +43,47 @@ class FlameArgs(HeteroArgs):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, valid in (("rescaler", MODES), ("rescaler_scope", SCOPES), ("frequency", FREQUENCIES)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name}={getattr(self, name)!r}; use one of {valid}")
+        for name, value, valid in (("rescaler", self.rescaler, MODES), ("rescaler_scope", self.rescaler_scope, SCOPES),
+                                   ("frequency", self.frequency, FREQUENCIES)):
+            if value not in valid:
+                raise ValueError(f"method_args.{name}={value!r}; use one of {valid}")
         if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is FedAvg)")
+            raise ValueError(f"method_args.temperature={self.temperature} must be >= 0 (0 is FedAvg)")
 
 
-@register("flame")
-class Flame(HeteroLoRA):
-    """Full-rank expert LoRA everywhere; client-adaptive top-k, rescaler, activation-aware aggregation."""
+class FlameBudgets:
+    """FLAME's budget rule, shared by both halves: every client holds the full global rank and activates k_i,
+    the model's top-k halved per compute tier (at least 1)."""
 
-    Args = FlameArgs
-
-    def __init__(self, fed, args=None):
-        super().__init__(fed, args)
-        a = self.args
-        self._moe_index = moe_index_of_prefix(self._server)
-        self._scales = len(moe_layers(self._server)) if a.rescaler_per_layer else 1
-        self.rescales: dict[str, list[float]] = {}
-
-    def client_rank(self, client: int) -> int:
-        """Every FLAME client holds the full global rank."""
+    def rank_for(self, tier: int) -> int:
         return self.args.rank
 
-    def client_top_k(self, client: int) -> int:
-        """k_i: the model's top-k halved per compute tier (at least 1)."""
-        return ladder(self.full_top_k, self.tiers[client])
+    def top_k_for(self, tier: int) -> int:
+        return ladder(self.full_top_k, tier)
+
+
+class FlameServer(FlameBudgets, HeteroServer):
+    """Full-rank expert LoRA everywhere; per-tier rescalers and activation-aware aggregation."""
+
+    def __init__(self, fed, args):
+        super().__init__(fed, args)
+        self._moe_index = moe_index_of_prefix(self.model)
+        self._scales = len(moe_layers(self.model)) if self.args.rescaler_per_layer else 1
+        self.rescales: dict[str, list[float]] = {}
 
     def rescale_key(self, client: int) -> str:
         """Whose rescaler a client uses: its tier's (named by its top-k) or its own."""
-        return f"k{self.client_top_k(client)}" if self.args.rescaler_scope == "tier" else f"client{client}"
+        return f"k{self.budget(client).top_k}" if self.args.rescaler_scope == "tier" else f"client{client}"
 
     def rescale_of(self, client: int) -> list[float]:
         """The current rescaler of a client (``k / k_i`` until it has been trained)."""
-        init = initial_scale(self.full_top_k, self.client_top_k(client))
+        init = initial_scale(self.full_top_k, self.budget(client).top_k)
         return list(self.rescales.get(self.rescale_key(client), [init] * self._scales))
 
     def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
         return [ClientTask(c, round_, dict(self.global_state),
-                           {"top_k": self.client_top_k(c), "tier": self.tiers[c], "rescale": self.rescale_of(c)})
+                           {"top_k": self.budget(c).top_k, "rescale": self.rescale_of(c)}, self.notes(c))
                 for c in clients]
-
-    def client_update(self, task: ClientTask) -> ClientUpdate:
-        k, scales = task.plan["top_k"], task.plan["rescale"]
-        if self.args.rescaler == "none" or k == self.full_top_k:  # nothing to compensate at the full top-k
-            stats, state = self.fit(task, task.tensors, top_k=k)
-            used = [1.0] * len(scales)
-        else:
-            rescaler = Rescaler(scales, trainable=self.args.rescaler == "learnable")
-            extra = [rescaler.log_gain] if rescaler.log_gain.requires_grad else []
-            with rescaler.applied(self.local_model()):
-                stats, state = self.fit(task, task.tensors, top_k=k, extra_params=extra)
-            used = [float(v) for v in rescaler.values().detach()]
-        return self.make_update(task, state, stats, top_k=k, rank=self.args.rank, extra={"rescale": used})
 
     def expert_weights(self, updates: list[ClientUpdate]) -> dict[str, torch.Tensor]:
         """Per-prefix client weights [N, G]: ``gamma_ij`` of the expert's MoE layer for expert LoRAs,
@@ -120,11 +107,11 @@ class Flame(HeteroLoRA):
         if self.args.rescaler == "learnable":
             groups: dict[str, list[ClientUpdate]] = {}
             for u in updates:
-                if u.extra["top_k"] < self.full_top_k:
+                if self.budget(u.client_id).top_k < self.full_top_k:
                     groups.setdefault(self.rescale_key(u.client_id), []).append(u)
             for key, members in groups.items():
                 total = sum(u.num_examples for u in members)
-                self.rescales[key] = [sum(u.num_examples * u.extra["rescale"][i] for u in members) / total
+                self.rescales[key] = [sum(u.num_examples * u.payload["rescale"][i] for u in members) / total
                                       for i in range(self._scales)]
         for key, values in sorted(self.rescales.items()):
             if key.startswith("k"):
@@ -136,3 +123,23 @@ class Flame(HeteroLoRA):
 
     def load_state_dict(self, state):
         self.global_state, self.rescales = state["global"], state["rescales"]
+
+
+class FlameClient(FlameBudgets, HeteroClient):
+    """Trains the full-rank LoRA routing k_i experts per token, through its tier's rescaler."""
+
+    def update(self, task: ClientTask) -> ClientUpdate:
+        k, scales = task.plan["top_k"], task.plan["rescale"]
+        if self.args.rescaler == "none" or k == self.full_top_k:  # nothing to compensate at the full top-k
+            stats, state = self.fit(task, task.tensors, top_k=k)
+            used = [1.0] * len(scales)
+        else:
+            rescaler = Rescaler(scales, trainable=self.args.rescaler == "learnable")
+            extra = [rescaler.log_gain] if rescaler.log_gain.requires_grad else []
+            with rescaler.applied(self.model):
+                stats, state = self.fit(task, task.tensors, top_k=k, extra_params=extra)
+            used = [float(v) for v in rescaler.values().detach()]
+        return self.make_update(task, state, stats, top_k=k, rank=self.args.rank, payload={"rescale": used})
+
+
+FLAME = register("flame", FlameArgs, FlameServer, FlameClient)

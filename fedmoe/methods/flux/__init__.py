@@ -1,6 +1,6 @@
 """FLUX: quantized profiling, layer-aware merging of non-tuning experts, dynamic expert role assignment."""
 
 from fedmoe.methods.flux.args import FluxArgs
-from fedmoe.methods.flux.method import Flux
+from fedmoe.methods.flux.method import FLUX, FluxClient, FluxServer
 
-__all__ = ["Flux", "FluxArgs"]
+__all__ = ["FLUX", "FluxArgs", "FluxClient", "FluxServer"]

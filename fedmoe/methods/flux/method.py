@@ -7,6 +7,7 @@ import copy
 import math
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -14,16 +15,17 @@ from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import ClientWork, check_fits, token_flops
 from fedmoe.fl.federation import client_seed
 from fedmoe.methods.base import register
+from fedmoe.methods.experts.base import (
+    ExpertClient,
+    ExpertHalf,
+    ExpertServer,
+    expert_tensors,
+    profile_subset,
+    train_experts,
+)
 from fedmoe.methods.flux.args import FluxArgs
 from fedmoe.methods.flux.assignment import eps_at, select_roles, utility, zo_grad_sq
-from fedmoe.methods.flux.budget import (
-    expert_work,
-    flux_budget,
-    layer_merge_budget,
-    priced_model,
-    tiny_count,
-)
-from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, load_fused_state, train_experts
+from fedmoe.methods.flux.budget import FluxBudget, expert_work, flux_budget, layer_merge_budget, tiny_count
 from fedmoe.methods.flux.merging import apply_merge, output_error, plan_merge
 from fedmoe.methods.flux.profiling import (
     Profile,
@@ -36,35 +38,36 @@ from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS
 
 
-def profile_subset(examples: list, n: int, seed: int) -> list:
-    """The ``n`` local examples a client profiles (a seeded sample, the same every round)."""
-    if len(examples) <= n:
-        return list(examples)
-    return random.Random(seed).sample(list(examples), n)
+@dataclass(frozen=True)
+class FluxClientBudget:
+    """A FLUX client's budget: its memory split on the priced model (:func:`flux_budget`) and, on the trained
+    model, how many experts it tunes and how many merged slots it holds for the others."""
+
+    device: FluxBudget
+    tune: int
+    slots: int
 
 
-@register("flux")
-class Flux(ExpertMethod):
-    """FLUX: each client tunes a budgeted set of experts at full precision and holds the others merged."""
+class FluxBudgets(ExpertHalf):
+    """FLUX's budget rule, shared by both halves."""
 
-    Args = FluxArgs
+    def make_budget(self, client: int) -> FluxClientBudget:
+        n, layers = self.shape.num_layers * self.shape.num_experts, self.shape.num_layers
+        b = flux_budget(self.pm, self.fed.devices[client], self.args.tune_memory_share, self.args.max_tune_fraction)
+        tune = tiny_count(b.tune, n)
+        return FluxClientBudget(b, tune, min(n - tune, tiny_count(b.slots, n, layers)))
 
-    def __init__(self, fed, args=None):
+
+class FluxServer(FluxBudgets, ExpertServer):
+    """FLUX's server: assigns each client's tuning experts from their utilities, keeps each client's last
+    profile (stale profiling), and averages the uploaded experts token-weighted."""
+
+    def __init__(self, fed, args):
         super().__init__(fed, args)
-        layers = moe_layers(self._server)
-        self.num_layers, self.num_experts = len(layers), layers[0].num_router_experts
-        self.pm = priced_model(fed)
-        n = self.num_layers * self.num_experts
-        self.budgets = [flux_budget(self.pm, d, self.args.tune_memory_share, self.args.max_tune_fraction)
-                        for d in fed.devices]
-        self.tune_counts = [tiny_count(b.tune, n) for b in self.budgets]
-        self.slot_counts = [min(n - t, tiny_count(b.slots, n, self.num_layers))
-                            for b, t in zip(self.budgets, self.tune_counts, strict=True)]
-        self.utilities = torch.full((fed.cfg.fed.num_clients, self.num_layers, self.num_experts), float("nan"),
-                                    dtype=torch.float64)
+        self.utilities = torch.full((fed.cfg.fed.num_clients, self.shape.num_layers, self.shape.num_experts),
+                                    float("nan"), dtype=torch.float64)
         self.profiles: dict[int, dict] = {}
 
-    # -- server ------------------------------------------------------------------------------------------
     def eps(self, round_: int) -> float:
         """eps of this round (:func:`eps_at`)."""
         a = self.args
@@ -75,26 +78,27 @@ class Flux(ExpertMethod):
         eps = self.eps(round_)
         for c in clients:
             t0 = time.perf_counter()
+            budget = self.budget(c)
             rng = random.Random(client_seed(self.fed.cfg.seed, round_, c))
-            tuning = select_roles(self.utilities[c], self.tune_counts[c], eps, rng)
+            tuning = select_roles(self.utilities[c], budget.tune, eps, rng)
             unknown = [[int(layer), int(e)] for layer, e in torch.isnan(self.utilities[c]).nonzero().tolist()
                        if e not in tuning[layer]]
-            probes = rng.sample(unknown, min(len(unknown), self.tune_counts[c])) if self.args.zo_probes else []
-            plan = {"tuning": tuning, "merge_slots": self.slot_counts[c], "eps": eps, "probes": probes,
-                    "profile": self.profiles.get(c) if self.args.stale else None,
-                    "assign_seconds": time.perf_counter() - t0}
-            tasks.append(ClientTask(c, round_, self.global_state, plan))
+            probes = rng.sample(unknown, min(len(unknown), budget.tune)) if self.args.zo_probes else []
+            plan = {"tuning": tuning, "merge_slots": budget.slots, "probes": probes,
+                    "profile": self.profiles.get(c) if self.args.stale else None}
+            tasks.append(ClientTask(c, round_, self.global_state, plan,
+                                    notes={"assign_wall": time.perf_counter() - t0}))
         return tasks
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
         info = super().aggregate(round_, updates)
         for u in updates:
-            profile = Profile.from_dict(u.extra["profile"])
-            self.profiles[u.client_id] = u.extra["profile"]
-            for key, g in u.extra["grad_sq"].items():
+            profile = Profile.from_dict(u.payload["profile"])
+            self.profiles[u.client_id] = u.payload["profile"]
+            for key, g in u.payload["grad_sq"].items():
                 layer, e = (int(x) for x in key.split("."))
                 self.utilities[u.client_id, layer, e] = float(utility(profile.tokens[layer, e], torch.tensor(g)))
-        diag = {k: [u.extra[k] for u in updates if u.extra.get(k) is not None]
+        diag = {k: [u.diagnostics[k] for u in updates if u.diagnostics.get(k) is not None]
                 for k in ("profile_error", "stale_error", "merge_error")}
         return {**info, "eps": self.eps(round_), **{k: sum(v) / len(v) for k, v in diag.items() if v}}
 
@@ -111,28 +115,32 @@ class Flux(ExpertMethod):
         self.utilities = state["utilities"].clone()
         self.profiles = {int(k): v for k, v in state["profiles"].items()}
 
-    # -- client ------------------------------------------------------------------------------------------
-    def client_update(self, task: ClientTask) -> ClientUpdate:
+
+class FluxClient(FluxBudgets, ExpertClient):
+    """A FLUX client: profiles the quantized global model, merges its non-tuning experts into its slots,
+    tunes its assigned experts at full precision and reports their gradient norms."""
+
+    def update(self, task: ClientTask) -> ClientUpdate:
         a, fed, c = self.args, self.fed, task.client_id
         cfg = fed.cfg.fed
         examples = fed.client_data(c)
         probe_set = profile_subset(examples, a.profile_examples, client_seed(fed.cfg.seed, 0, c))
         batches = example_batches(fed.tokenizer, probe_set, max_length=cfg.max_length, batch_size=cfg.batch_size)
-        model = load_fused_state(fed.base_model(), task.tensors)
+        model = self.global_model(task)
         t0 = time.perf_counter()
         current = quantized_profile(model, batches, scheme=a.profile_scheme)
         profile_wall = time.perf_counter() - t0
         stale = a.stale and task.plan.get("profile") is not None
         used = Profile.from_dict(task.plan["profile"]) if stale else current
-        extra: dict = {}
+        diag: dict = {}
         if a.diagnostics:
             full = profile_model(model, batches)
-            extra["profile_error"] = profile_error(current, full)
-            extra["stale_error"] = profile_error(used, full) if stale else None
+            diag["profile_error"] = profile_error(current, full)
+            diag["stale_error"] = profile_error(used, full) if stale else None
             reference = copy.deepcopy(model).eval()
         tuning = [list(t) for t in task.plan["tuning"]]
         t1 = time.perf_counter()
-        budget = layer_merge_budget(used.freq, [self.num_experts - len(t) for t in tuning],
+        budget = layer_merge_budget(used.freq, [self.shape.num_experts - len(t) for t in tuning],
                                     task.plan["merge_slots"], a.merge_budget, a.merge_rounding)
         merge = plan_merge(model, tuning, budget, used, weights=a.merge_weights, drop=a.drop, pca_dim=a.pca_dim,
                            seed=client_seed(fed.cfg.seed, task.round, c))
@@ -140,10 +148,10 @@ class Flux(ExpertMethod):
         merge_wall = time.perf_counter() - t1
         if a.diagnostics:
             model.eval()
-            extra["merge_error"] = output_error(reference, model, batches)
+            diag["merge_error"] = output_error(reference, model, batches)
             del reference
         layers = moe_layers(model)
-        frozen = [sorted({int(layer.expert_map[e]) for e in range(self.num_experts) if e not in tune})
+        frozen = [sorted({int(layer.expert_map[e]) for e in range(self.shape.num_experts) if e not in tune})
                   for layer, tune in zip(layers, tuning, strict=True)]
         zo = self._zero_order(model, task, batches[0]) if a.zo_probes and task.plan.get("probes") else {}
         trained = train_experts(fed, model, task, examples, frozen)
@@ -152,17 +160,15 @@ class Flux(ExpertMethod):
         grad_sq = {f"{layer}.{e}": float(trained.grad_sq[layer, int(layers[layer].expert_map[e])]) for layer, e in pairs}
         counts = stats.expert_counts.double()
         tuned_share = float(sum(counts[layer, e] for layer, e in pairs) / counts.sum().clamp(min=1))
-        extra.update({"profile": current.to_dict(), "grad_sq": {**zo, **grad_sq}, "tuning": len(pairs),
-                      "slots": merge.slots, "merge_budget": budget, "stale": stale, "tuned_token_share": tuned_share,
-                      "profile_wall": profile_wall, "merge_wall": merge_wall,
-                      "assign_wall": task.plan.get("assign_seconds", 0.0)})
-        update = ClientUpdate(c, task.round, expert_tensors(model, pairs), num_examples=len(examples),
-                              metrics={"loss": stats.mean_loss, "steps": stats.steps, "tokens": stats.tokens},
-                              expert_tokens=stats.expert_counts.tolist(), extra=extra)
+        update = self.expert_update(task, expert_tensors(model, pairs), stats, len(examples))
+        update.payload = {"profile": current.to_dict(), "grad_sq": {**zo, **grad_sq}}
         update.work = self.price(c, stats, len(pairs), sum(merge.slots), tuned_share, current.n_tokens, stale,
                                  zo_forwards=len(zo) * (a.zo_probes + 1))
         check_fits(ClientWork.from_dict(update.work), fed.devices[c], what=f"FLUX client {c}")
-        extra["profile_sim_seconds"] = self._forward_seconds(stats, current.n_tokens, fed.devices[c])
+        update.diagnostics = {**diag, "tuning": len(pairs), "slots": merge.slots, "merge_budget": budget,
+                              "stale": stale, "tuned_token_share": tuned_share, "profile_wall": profile_wall,
+                              "merge_wall": merge_wall,
+                              "profile_sim_seconds": self._forward_seconds(stats, current.n_tokens, fed.devices[c])}
         return update
 
     def _zero_order(self, model, task: ClientTask, batch: dict) -> dict[str, float]:
@@ -194,8 +200,8 @@ class Flux(ExpertMethod):
         bf16 experts (tuning + merged) and the INT4 global experts it profiles; uploads its tuning experts.
         Profiling is forward-only work, hidden by the overlap when stale; otherwise (and for zeroth-order
         probes) it is added to the training compute. The result fits the device by construction of
-        :func:`flux_budget` (checked in :meth:`client_update`)."""
-        pm, n_tiny, budget = self.pm, self.num_layers * self.num_experts, self.budgets[client]
+        :func:`flux_budget` (checked in :meth:`update`)."""
+        pm, n_tiny, budget = self.pm, self.shape.num_layers * self.shape.num_experts, self.budget(client).device
         # The trained model's structure as fractions of the priced model's experts, capped by the budget where
         # the trained model has too few experts to express it (e.g. at least one tuning expert).
         trainable = min(budget.tune_priced, math.floor(tuned / n_tiny * pm.total_experts))
@@ -210,3 +216,6 @@ class Flux(ExpertMethod):
             f = token_flops(self.fed.priced_config, seq_len=max(1, int(stats.tokens / max(stats.examples, 1))))
             work["train_flops"] += f.forward * visible * self.fed.cfg.cost.tokens_scale
         return work
+
+
+FLUX = register("flux", FluxArgs, FluxServer, FluxClient)

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedmoe.fl.pricing import lora_params, payload_bytes, training_work
 from fedmoe.methods.base import register
-from fedmoe.methods.fedit.method import FedIT
+from fedmoe.methods.fedit.method import FedITArgs, FedITClient, FedITServer
 from fedmoe.moe.layers import decoder_of
 from fedmoe.moe.quant import quantize_model, quantize_tensor
 
@@ -28,21 +27,21 @@ def fake_quantize_base(model: nn.Module, scheme: str = "nf4") -> nn.Module:
     return model
 
 
-@register("fedit-nf4")
-class FedITNF4(FedIT):
-    """FedIT with an NF4 base model (see module docstring)."""
+class NF4Base:
+    """Both halves of FedIT-NF4 put the LoRA on an NF4 fake-quantized base model."""
 
-    def _with_lora(self, model):
-        return super()._with_lora(fake_quantize_base(model))
+    def base_model(self) -> nn.Module:
+        return fake_quantize_base(super().base_model())
 
-    def price(self, task, update, stats) -> dict[str, float]:
-        """FedIT's pricing with the base weights (experts and decoder linears) at 4 bits."""
-        lora = lora_params(self.fed.priced_config, self.args.rank, attention=self.args.attention)
-        cfg = self.fed.cfg.fed
-        return training_work(
-            self.fed, tokens=stats.tokens, seq_len=stats.tokens / max(stats.examples, 1),
-            batch_tokens=cfg.batch_size * cfg.max_length, trainable_params=lora.total,
-            trainable_active=lora.active, adapter_active=lora.active, bits={"experts": 4, "linears": 4},
-            bytes_down=payload_bytes(self.fed, task.bytes_down, lora.total),
-            bytes_up=payload_bytes(self.fed, update.bytes_up, lora.total),
-        )
+
+class FedITNF4Server(NF4Base, FedITServer):
+    """FedIT's server; its evaluation model has the NF4 base (see module docstring)."""
+
+
+class FedITNF4Client(NF4Base, FedITClient):
+    """FedIT's client on an NF4 base, priced with the base weights (experts and decoder linears) at 4 bits."""
+
+    bits = {"experts": 4, "linears": 4}
+
+
+FEDIT_NF4 = register("fedit-nf4", FedITArgs, FedITNF4Server, FedITNF4Client)

@@ -11,11 +11,16 @@ from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import token_flops
 from fedmoe.fl.federation import client_seed
 from fedmoe.methods.base import register
-from fedmoe.methods.flux.budget import expert_work, fmes_kept, priced_model, tiny_count
-from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, load_fused_state, train_experts
-from fedmoe.methods.flux.method import profile_subset
+from fedmoe.methods.experts.base import (
+    ExpertClient,
+    ExpertHalf,
+    ExpertServer,
+    expert_tensors,
+    profile_subset,
+    train_experts,
+)
+from fedmoe.methods.flux.budget import expert_work, fmes_kept, tiny_count
 from fedmoe.methods.flux.profiling import example_batches, quantized_profile
-from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.quant import SCHEMES
 from fedmoe.moe.surgery import keep_experts
 
@@ -34,46 +39,56 @@ class FMESArgs:
                              f"{self.profile_scheme!r} one of {SCHEMES}")
 
 
-@register("fmes")
-class FMES(ExpertMethod):
-    """Expert pruning by activation frequency (see module docstring)."""
+@dataclass(frozen=True)
+class FMESBudget:
+    """Experts an FMES client keeps per layer: on the priced model and on the trained model."""
 
-    Args = FMESArgs
+    priced: int
+    kept: int
 
-    def __init__(self, fed, args=None):
-        super().__init__(fed, args)
-        self.pm = priced_model(fed)
-        num = moe_layers(self._server)[0].num_router_experts
-        self.kept_priced = [fmes_kept(self.pm, d) for d in fed.devices]
+
+class FMESBudgets(ExpertHalf):
+    """FMES's budget rule, shared by both halves."""
+
+    def make_budget(self, client: int) -> FMESBudget:
+        priced = fmes_kept(self.pm, self.fed.devices[client])
         # At least one expert per layer on the trained model even where the fraction rounds to zero.
-        self.kept = [tiny_count(k / self.pm.num_experts, num) for k in self.kept_priced]
+        return FMESBudget(priced, tiny_count(priced / self.pm.num_experts, self.shape.num_experts))
 
-    def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
-        return [ClientTask(c, round_, self.global_state) for c in clients]
 
-    def client_update(self, task: ClientTask) -> ClientUpdate:
-        fed, c = self.fed, task.client_id
+class FMESServer(FMESBudgets, ExpertServer):
+    """Expert pruning by activation frequency (see module docstring): the experts kit's server."""
+
+
+class FMESClient(FMESBudgets, ExpertClient):
+    """Profiles the quantized global model, keeps its most frequent experts, trains them."""
+
+    def update(self, task: ClientTask) -> ClientUpdate:
+        fed, c, budget = self.fed, task.client_id, self.budget(task.client_id)
         cfg = fed.cfg.fed
         examples = fed.client_data(c)
-        model = load_fused_state(fed.base_model(), task.tensors)
+        model = self.global_model(task)
         probe = profile_subset(examples, self.args.profile_examples, client_seed(fed.cfg.seed, 0, c))
         batches = example_batches(fed.tokenizer, probe, max_length=cfg.max_length, batch_size=cfg.batch_size)
         profile = quantized_profile(model, batches, scheme=self.args.profile_scheme)
-        keep = [sorted(torch.argsort(-row, stable=True)[: self.kept[c]].tolist()) for row in profile.freq]
+        keep = [sorted(torch.argsort(-row, stable=True)[: budget.kept].tolist()) for row in profile.freq]
         keep_experts(model, keep)
         stats = train_experts(fed, model, task, examples).stats
         full = torch.zeros(profile.freq.shape, dtype=torch.long)
         for layer, idx in enumerate(keep):
             full[layer, idx] = stats.expert_counts[layer, : len(idx)]
         pairs = [(layer, e) for layer, idx in enumerate(keep) for e in idx]
-        update = ClientUpdate(c, task.round, expert_tensors(model, pairs, index_map=keep), num_examples=len(examples),
-                              metrics={"loss": stats.mean_loss, "steps": stats.steps, "tokens": stats.tokens},
-                              expert_tokens=full.tolist(), extra={"kept": keep})
+        update = self.expert_update(task, expert_tensors(model, pairs, index_map=keep), stats, len(examples),
+                                    expert_tokens=full.tolist())
+        update.diagnostics = {"kept": keep}
         pm = self.pm
-        kept = self.kept_priced[c] * pm.num_layers
+        kept = budget.priced * pm.num_layers
         update.work = expert_work(fed, pm, stats, trainable=kept, slots=kept, tuned_token_share=1.0,
                                   bytes_down=kept * pm.expert_bytes[16] + pm.total_experts * pm.expert_bytes[4],
                                   bytes_up=kept * pm.expert_bytes[16])
         f = token_flops(fed.priced_config, seq_len=max(1, int(stats.tokens / max(stats.examples, 1))))
         update.work["train_flops"] += f.forward * profile.n_tokens * fed.cfg.cost.tokens_scale
         return update
+
+
+FMES = register("fmes", FMESArgs, FMESServer, FMESClient)

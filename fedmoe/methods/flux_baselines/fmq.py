@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from fedmoe.fl.contract import ClientTask
 from fedmoe.methods.base import register
-from fedmoe.methods.flux.experts import load_fused_state
-from fedmoe.methods.flux_baselines.fmd import FMD
+from fedmoe.methods.experts.base import load_fused_state
+from fedmoe.methods.flux_baselines.fmd import FMDClient, FMDServer
 from fedmoe.moe.quant import SCHEMES, quantize_model
 
 
@@ -29,21 +29,31 @@ class FMQArgs:
                              f"{self.transfers_per_step} >= 1")
 
 
-@register("fmq")
-class FMQ(FMD):
-    """FMD on a 4-bit base model (see module docstring)."""
+class FMQHalf:
+    """What both halves of FMQ share: 4-bit base weights and how a model is quantized."""
 
-    Args = FMQArgs
     bits = 4
 
-    def _quantized(self, model):
+    def quantized(self, model):
+        """``model`` with 4-bit (fake-quant) experts and optionally 4-bit attention linears, in place."""
         return quantize_model(model, self.args.scheme, linears=self.args.quantize_linears, copy_model=False).model
 
-    def client_model(self, task: ClientTask):
-        return self._quantized(load_fused_state(self.fed.base_model(), task.tensors))
+
+class FMQServer(FMQHalf, FMDServer):
+    """FMD's server; scores the global model quantized, as FMQ deploys it (``eval_quantized``)."""
 
     def eval_model(self):
         model = super().eval_model()
         if not self.args.eval_quantized:
             return model
-        return self._quantized(load_fused_state(self.fed.base_model(), self.global_state)).eval()
+        return self.quantized(load_fused_state(self.fed.base_model(), self.global_state)).eval()
+
+
+class FMQClient(FMQHalf, FMDClient):
+    """FMD's client on the NF4-quantized global model."""
+
+    def client_model(self, task: ClientTask):
+        return self.quantized(self.global_model(task))
+
+
+FMQ = register("fmq", FMQArgs, FMQServer, FMQClient)

@@ -1,5 +1,5 @@
 """HetLoRA: heterogeneous LoRA ranks by compute tier, zero-padding aggregation."""
 
-from fedmoe.methods.hetlora.method import HetLoRA
+from fedmoe.methods.hetlora.method import HETLORA, HetLoRAClient, HetLoRAServer
 
-__all__ = ["HetLoRA"]
+__all__ = ["HETLORA", "HetLoRAClient", "HetLoRAServer"]

@@ -1,14 +1,17 @@
-"""Federated training of routed experts' full weights (FLUX and its baselines FMD, FMQ, FMES).
+"""The kit of methods that train routed experts' full weights (FLUX and its baselines FMD, FMQ, FMES).
 
 Only routed experts train; attention, embeddings, norms and routers stay frozen. The server holds the
 fused expert tensors of every MoE layer; a client uploads the experts it trained, keyed
 ``"{layer}.{expert}.{param}"``; :func:`aggregate_experts` averages each expert over the clients that
 trained it, weighted by the tokens each routed to it (an expert nobody trained, or to which no client
-routed a token, keeps its value).
+routed a token, keeps its value). :class:`ExpertServer` and :class:`ExpertClient` are the halves' bases;
+:class:`ExpertHalf` gives both the priced model and the trained model's shape their budgets need.
 """
 
 from __future__ import annotations
 
+import functools
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +19,8 @@ import torch
 from torch import nn
 
 from fedmoe.fl.contract import ClientTask, ClientUpdate
-from fedmoe.methods.base import Method
+from fedmoe.methods.base import Client, DeviceBudgets, Server
+from fedmoe.methods.flux.budget import PricedModel, priced_model
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS, freeze_experts
 from fedmoe.train import TrainStats, finetune
@@ -175,19 +179,50 @@ def train_experts(fed, model: nn.Module, task: ClientTask, examples, frozen: Seq
     return ExpertTraining(stats, norms.mean_sq())
 
 
-class ExpertMethod(Method):
-    """Server side shared by FLUX, FMD, FMQ and FMES: global fused experts, token-weighted per-expert
+def profile_subset(examples: list, n: int, seed: int) -> list:
+    """The ``n`` local examples a client profiles (a seeded sample, the same every round)."""
+    if len(examples) <= n:
+        return list(examples)
+    return random.Random(seed).sample(list(examples), n)
+
+
+@dataclass(frozen=True)
+class ExpertShape:
+    """MoE layers and router experts per layer of the trained model."""
+
+    num_layers: int
+    num_experts: int
+
+
+class ExpertHalf(DeviceBudgets):
+    """What both halves of an expert method share: the priced architecture and the trained model's shape,
+    from which :meth:`make_budget` sizes a client's work."""
+
+    @functools.cached_property
+    def pm(self) -> PricedModel:
+        """The priced architecture's expert sizes (:func:`fedmoe.methods.flux.budget.priced_model`)."""
+        return priced_model(self.fed)
+
+    @functools.cached_property
+    def shape(self) -> ExpertShape:
+        """MoE layers and router experts of the trained model."""
+        layers = moe_layers(self.fed.base_model())
+        return ExpertShape(len(layers), layers[0].num_router_experts)
+
+
+class ExpertServer(ExpertHalf, Server):
+    """Server shared by FLUX, FMD, FMQ and FMES: global fused experts, token-weighted per-expert
     aggregation, the global model for evaluation, and resumable state."""
 
-    def __init__(self, fed, args=None):
+    def __init__(self, fed, args):
         super().__init__(fed, args)
-        self._server = fed.base_model()
-        self._server.requires_grad_(False)
-        self.global_state = fused_state(self._server)
+        self.model = fed.base_model()
+        self.model.requires_grad_(False)
+        self.global_state = fused_state(self.model)
 
-    def global_model(self) -> nn.Module:
-        """A fresh base model holding the current global experts (for a client's task)."""
-        return load_fused_state(self.fed.base_model(), self.global_state)
+    def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
+        """Every client gets the global experts."""
+        return [ClientTask(c, round_, self.global_state) for c in clients]
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
         self.global_state, info = aggregate_experts(
@@ -195,6 +230,21 @@ class ExpertMethod(Method):
         return {"clients": len(updates), **info}
 
     def eval_model(self):
-        load_fused_state(self._server, self.global_state)
-        self._server.eval()
-        return self._server
+        load_fused_state(self.model, self.global_state)
+        self.model.eval()
+        return self.model
+
+
+class ExpertClient(ExpertHalf, Client):
+    """Client shared by FLUX, FMD, FMQ and FMES: rebuilds the global model from its task each round."""
+
+    def global_model(self, task: ClientTask) -> nn.Module:
+        """A fresh base model holding the task's global experts."""
+        return load_fused_state(self.fed.base_model(), task.tensors)
+
+    def expert_update(self, task: ClientTask, tensors: dict[str, torch.Tensor], stats: TrainStats,
+                      num_examples: int, expert_tokens: list | None = None) -> ClientUpdate:
+        """An update carrying the trained expert ``tensors`` and the training metrics (pricing comes after)."""
+        return ClientUpdate(task.client_id, task.round, tensors, num_examples=num_examples,
+                            metrics={"loss": stats.mean_loss, "steps": stats.steps, "tokens": stats.tokens},
+                            expert_tokens=stats.expert_counts.tolist() if expert_tokens is None else expert_tokens)

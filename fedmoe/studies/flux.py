@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fedmoe.config import load_config
-from fedmoe.experiment import run
+from fedmoe.engines import run
 from fedmoe.fl.devices import get_device
 from fedmoe.results import curve, load_rounds, load_summary
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "reproduce" / "configs" / "flux.yaml"
 METHODS = ("flux", "fmd", "fmq", "fmes", "fedit-nf4")
 BASELINES = ("fmd", "fmq", "fmes", "fedit-nf4")
@@ -117,7 +117,7 @@ def round_shares(folder: Path, server_seconds: float | None = None) -> dict[str,
         if rec["round"] == 0:
             continue
         seconds = rec["client_seconds"]
-        profile = {c: rec["client_extra"].get(c, {}).get("profile_sim_seconds", 0.0) for c in seconds}
+        profile = {c: rec["client_log"].get(c, {}).get("profile_sim_seconds", 0.0) for c in seconds}
         slowest = max(seconds, key=lambda c: seconds[c])
         base = max(seconds[c] - profile[c] for c in seconds) + s
         prof.append(profile[slowest] / rec["round_seconds"])
@@ -132,7 +132,7 @@ def _wall_shares(folder: Path) -> float:
     own = total = 0.0
     prev = 0.0
     for rec in recs:
-        own += sum(e.get(k, 0.0) for e in rec["client_extra"].values()
+        own += sum(e.get(k, 0.0) for e in rec["client_log"].values()
                    for k in ("profile_wall", "merge_wall", "assign_wall"))
         total += rec["wall_time"] - prev
         prev = rec["wall_time"]
@@ -154,9 +154,9 @@ def diagnostics(folder: Path) -> dict[str, float]:
 def merge_ablation(fed, clients: list[int], *, examples: int = 32, seed: int = 0) -> list[dict[str, Any]]:
     """Output error of merging each client's non-tuning experts (no tuning experts, its FLUX slot budget) on the
     global base model, for every budget strategy, weighting and drop; profiled at full precision."""
+    from fedmoe.methods.experts.base import profile_subset
     from fedmoe.methods.flux.budget import flux_budget, layer_merge_budget, priced_model, tiny_count
     from fedmoe.methods.flux.merging import apply_merge, output_error, plan_merge
-    from fedmoe.methods.flux.method import profile_subset
     from fedmoe.methods.flux.profiling import example_batches, profile_model
     from fedmoe.moe.layers import moe_layers
 

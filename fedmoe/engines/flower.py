@@ -4,8 +4,9 @@ The ServerApp's ``main`` runs :func:`fedmoe.experiment.run` with an executor tha
 :class:`ClientTask` into a Flower ``Message`` (tensors in an ``ArrayRecord``, the plan as JSON in a
 ``ConfigRecord``), sends it to a SuperNode with ``grid.send_and_receive`` and turns the replies
 back into :class:`ClientUpdate` objects. The ClientApp rebuilds the :class:`Federation` from the
-same config and calls the method's ``client_update``. Clients are virtual: the task names its
-client id, so any SuperNode can serve it (as in Flower's simulation of many clients on few nodes).
+same config and builds only the method's client half (never its server) to call ``update``. Clients are
+virtual: the task names its client id, so any SuperNode can serve it (as in Flower's simulation of many
+clients on few nodes).
 
 The same apps run in Flower's simulation engine (:func:`run_flower_simulation`, Ray bound to
 127.0.0.1), with ``flwr run .`` (the apps below are named in ``pyproject.toml``), and in a
@@ -15,6 +16,7 @@ deployment of SuperLink + SuperNodes (see the README recipe).
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from fedmoe.config import RunConfig, from_dict, load_config  # noqa: E402
+from fedmoe.experiment import run, run_id  # noqa: E402
 from fedmoe.fl.contract import (  # noqa: E402
     ClientTask,
     ClientUpdate,
@@ -36,6 +39,9 @@ from fedmoe.fl.contract import (  # noqa: E402
     update_from_json,
     update_to_json,
 )
+from fedmoe.fl.federation import Federation  # noqa: E402
+from fedmoe.methods.base import get_method  # noqa: E402
+from fedmoe.results import RunFolder  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
@@ -87,29 +93,23 @@ def config_from_context(context: Context) -> RunConfig:
 
 
 @functools.lru_cache(maxsize=2)
-def _client_method(cfg_json: str):
-    import json
-
-    from fedmoe.fl.federation import Federation
-    from fedmoe.methods.base import get_method
-
+def _client_half(cfg_json: str):
+    """This process's client half of the run's method (built once per config; never a server half)."""
     cfg = from_dict(json.loads(cfg_json))
     torch.set_num_threads(cfg.threads)
-    return get_method(cfg.method)(Federation.from_config(cfg), cfg.method_args)
+    return get_method(cfg.method).client(Federation.from_config(cfg), cfg.method_args)
 
 
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
-    """A ClientApp running the method's ``client_update``; the config comes from ``cfg`` or the run config."""
-    import json
-
+    """A ClientApp running the method's client ``update``; the config comes from ``cfg`` or the run config."""
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         run_cfg = cfg if cfg is not None else config_from_context(context)
-        method = _client_method(json.dumps(run_cfg.to_dict(), sort_keys=True))
+        client = _client_half(json.dumps(run_cfg.to_dict(), sort_keys=True))
         tensors, meta = _unpack(msg.content)
-        update = method.client_update(task_from_json(meta, tensors))
+        update = client.update(task_from_json(meta, tensors))
         return Message(content=_pack(update.tensors, update_to_json(update)), reply_to=msg)
 
     return app
@@ -118,16 +118,13 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 def make_server_app(cfg: RunConfig | None = None, *, out_dir: str | Path = "results", run_name: str | None = None,
                     progress: bool = False) -> ServerApp:
     """A ServerApp whose ``main`` runs the experiment through :func:`flower_executor`."""
-    from fedmoe.experiment import run
-
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = cfg if cfg is not None else config_from_context(context)
         out = context.run_config.get("out-dir", out_dir) if cfg is None else out_dir
-        run(run_cfg, out_dir=out, run_name=run_name, progress=progress,
-            executor_factory=lambda method: flower_executor(grid))
+        run(run_cfg, lambda spec, fed: flower_executor(grid), out_dir=out, run_name=run_name, progress=progress)
 
     return app
 
@@ -153,8 +150,6 @@ def run_flower_simulation(cfg: RunConfig, *, num_supernodes: int = 2, out_dir: s
     """Run ``cfg`` in Flower's simulation engine (Ray on 127.0.0.1) and return the results folder."""
     from flwr.simulation import run_simulation
 
-    from fedmoe.experiment import run_id
-
     loopback_environment()
     name = run_name or run_id(cfg) + "-flower"
     run_simulation(
@@ -163,10 +158,10 @@ def run_flower_simulation(cfg: RunConfig, *, num_supernodes: int = 2, out_dir: s
         num_supernodes=num_supernodes,
         backend_config=ray_backend_config(num_cpus),
     )
-    folder = Path(out_dir) / name
-    if not (folder / "summary.json").exists():
-        raise RuntimeError(f"the Flower simulation ended without finishing the run in {folder}; see the log above")
-    return folder
+    folder = RunFolder(Path(out_dir) / name)
+    if not folder.has_summary():
+        raise RuntimeError(f"the Flower simulation ended without finishing the run in {folder.path}; see the log above")
+    return folder.path
 
 
 # Apps named in pyproject.toml's [tool.flwr.app.components] for `flwr run .` and deployments.

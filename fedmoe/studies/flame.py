@@ -15,7 +15,7 @@ from typing import Any
 
 import fedmoe
 from fedmoe.config import RunConfig, load_config
-from fedmoe.experiment import run
+from fedmoe.engines import run
 from fedmoe.fl.devices import get_fleet
 from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
 from fedmoe.results import load_rounds, load_summary
@@ -84,7 +84,7 @@ def client_budgets(folder: str | Path) -> list[dict[str, Any]]:
     (mean over the rounds it was sampled in), sorted by client."""
     rows: dict[int, dict[str, Any]] = {}
     for record in load_rounds(folder):
-        for cid, extra in record.get("client_extra", {}).items():
+        for cid, extra in record.get("client_log", {}).items():
             row = rows.setdefault(int(cid), {"client": int(cid), "device": record["devices"][cid], "tier": extra["tier"],
                                              "top_k": extra["top_k"], "rank": extra["rank"], "flops": []})
             row["flops"].append(extra["flops_per_token"])
