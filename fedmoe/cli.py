@@ -11,12 +11,13 @@ from pathlib import Path
 
 def _run(args) -> int:
     from fedmoe.config import load_config
-    from fedmoe.experiment import write_summary
+    from fedmoe.experiment import check_config, write_summary
     from fedmoe.results import RunFolder
 
     overrides = list(args.set)
     seeds = _parse_seeds(args.seeds, overrides)
-    configs = [load_config(args.config, overrides + ([f"seed={s}"] if s is not None else []), scale=args.scale)
+    configs = [check_config(load_config(args.config, overrides + ([f"seed={s}"] if s is not None else []),
+                                        scale=args.scale))
                for s in seeds]  # every config checked before the first run starts
     for seed, cfg in zip(seeds, configs, strict=True):
         name = f"{args.name}-seed{seed}" if args.name and len(seeds) > 1 else args.name

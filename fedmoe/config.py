@@ -274,8 +274,10 @@ def coerce_fields(cls: type, values: Any, prefix: str, owner: str) -> dict[str, 
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Range-check ``cfg`` and look up every name it gives (method and its options, fleet, suite, partition,
-    zoo model, projection, paths); raise :class:`ConfigError` on the first problem. Loads nothing big."""
+    """Range-check ``cfg`` and look up the names this layer knows (suite, partition, zoo model, paths); raise
+    :class:`ConfigError` on the first problem. Loads nothing big. The names of higher layers (method and its
+    options, fleet, projection) are checked by :func:`fedmoe.experiment.check_config`, which every entry point
+    (CLI, grid, ``run``) calls before anything loads or any folder is made."""
     if cfg.scale not in SCALES:
         raise bad_value("scale", cfg.scale, f"one of {SCALES}", "smoke")
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
@@ -294,10 +296,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad_value("data.n_train", cfg.data.n_train,
                         f"at least one training example per client (fed.num_clients={fed.num_clients})",
                         max(fed.num_clients, DataConfig.n_train))
-    _check_cost(cfg.cost)
+    if cfg.cost.mode not in COST_MODES:
+        raise bad_value("cost.mode", cfg.cost.mode, f"one of {COST_MODES}", "projection")
     _check_model(cfg.model)
     _check_data(cfg.data)
-    cfg.method_args = _check_method(cfg.method, cfg.method_args)
     return cfg
 
 
@@ -306,29 +308,6 @@ def _get(cfg: RunConfig, key: str) -> Any:
     for part in key.split("."):
         node = getattr(node, part)
     return node
-
-
-def _check_cost(cost: CostConfig) -> None:
-    from fedmoe.fl.devices import get_fleet
-    from fedmoe.fl.paper_configs import paper_arch
-
-    try:
-        get_fleet(cost.fleet)
-    except KeyError as err:
-        raise ConfigError(f"config key cost.fleet={cost.fleet!r} is invalid: {err.args[0]}") from None
-    if cost.mode not in COST_MODES:
-        raise bad_value("cost.mode", cost.mode, f"one of {COST_MODES}", "projection")
-    if cost.mode == "projection" and cost.projection is None:
-        raise bad_value("cost.projection", None, "a paper architecture name when cost.mode=projection",
-                        "olmoe-1b-7b")
-    if cost.mode == "trained" and cost.projection is not None:
-        raise ConfigError(f"config key cost.projection={cost.projection!r} does not apply with cost.mode=trained "
-                          "(fix: --set cost.mode=projection, or --set cost.projection=null)")
-    if cost.projection is not None:
-        try:
-            paper_arch(cost.projection)
-        except KeyError as err:
-            raise ConfigError(f"config key cost.projection={cost.projection!r} is invalid: {err.args[0]}") from None
 
 
 def _check_model(model: ModelConfig) -> None:
@@ -371,14 +350,6 @@ def _check_data(data: DataConfig) -> None:
         if path.suffix.lower() not in SUFFIXES:
             raise bad_value("data.source", data.source, f"a file ending in one of {SUFFIXES}",
                             "data/gsm8k_train.jsonl")
-
-
-def _check_method(method: str, args: dict[str, Any]) -> dict[str, Any]:
-    from fedmoe.methods.base import available_methods, check_method_args
-
-    if method not in available_methods():
-        raise bad_value("method", method, f"a registered method, one of {available_methods()}", "fedit")
-    return check_method_args(method, args)
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -18,14 +18,48 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fedmoe.config import RunConfig, validate
+from fedmoe.config import ConfigError, RunConfig, bad_value, validate
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.federation import Federation, sample_clients
-from fedmoe.methods.base import MethodSpec, Server, get_method
+from fedmoe.methods.base import MethodSpec, Server, available_methods, check_method_args, get_method
 from fedmoe.results import RunFolder
 
 Executor = Callable[[list[ClientTask]], list[ClientUpdate]]
 ExecutorFactory = Callable[[MethodSpec, Federation], Executor]
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """Validate ``cfg`` completely before anything loads: :func:`fedmoe.config.validate`, then the names only
+    higher layers know (the method and its options, the fleet, the projected architecture). Raises
+    :class:`~fedmoe.config.ConfigError`; returns ``cfg`` with its method options normalised."""
+    validate(cfg)
+    _check_cost(cfg.cost)
+    if cfg.method not in available_methods():
+        raise bad_value("method", cfg.method, f"a registered method, one of {available_methods()}", "fedit")
+    cfg.method_args = check_method_args(cfg.method, cfg.method_args)
+    return cfg
+
+
+def _check_cost(cost) -> None:
+    from fedmoe.fl.devices import get_fleet
+    from fedmoe.fl.paper_configs import paper_arch
+
+    try:
+        get_fleet(cost.fleet)
+    except KeyError as err:
+        raise ConfigError(f"config key cost.fleet={cost.fleet!r} is invalid: {err.args[0]}") from None
+    if cost.mode == "projection" and cost.projection is None:
+        raise bad_value("cost.projection", None, "a paper architecture name when cost.mode=projection",
+                        "olmoe-1b-7b")
+    if cost.mode == "trained" and cost.projection is not None:
+        raise ConfigError(f"config key cost.projection={cost.projection!r} does not apply with cost.mode=trained "
+                          "(fix: --set cost.mode=projection, or --set cost.projection=null)")
+    if cost.projection is not None:
+        try:
+            paper_arch(cost.projection)
+        except KeyError as err:
+            raise ConfigError(f"config key cost.projection={cost.projection!r} is invalid: {err.args[0]}") from None
+
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -75,7 +109,7 @@ def run(
             has results, raise instead of overwriting them.
         stop_after: stop after this round (to test and demonstrate resuming).
     """
-    validate(cfg)  # a config built by hand is checked too, before its folder exists
+    check_config(cfg)  # a config built by hand is checked too, before its folder exists
     folder = open_run_folder(cfg, Path(out_dir) / (run_name or run_id(cfg)), resume)
     torch.set_num_threads(cfg.threads)
     fed = Federation.from_config(cfg, progress=progress)

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from fedmoe.config import SCALE_PRESETS, SCALES, ConfigError, RunConfig, apply_overrides, load_config
+from fedmoe.experiment import check_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "reproduce" / "configs").glob("*.yaml"))
 
@@ -57,7 +58,7 @@ def test_every_value_written_in_a_shipped_config_applies(path, scale, tmp_path):
 def test_numbers_in_any_spelling_and_types_checked(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("fed:\n  lr: 1e-4\n  rounds: '3'\ndata:\n  alpha: .5\n")  # YAML reads 1e-4 as a string
-    cfg = load_config(path, ["fed.batch_size=1E1", "method_args.alpha=2e1"])
+    cfg = check_config(load_config(path, ["fed.batch_size=1E1", "method_args.alpha=2e1"]))
     assert cfg.fed.lr == 1e-4 and cfg.fed.rounds == 3 and cfg.data.alpha == 0.5
     assert cfg.fed.batch_size == 10 and cfg.method_args["alpha"] == 20.0
     assert isinstance(cfg.fed.batch_size, int)

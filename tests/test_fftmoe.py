@@ -246,7 +246,7 @@ def test_client_update_trains_adapter_only_and_lowers_the_loss():
     assert all(torch.equal(p, base[n]) for n, p in client.model.named_parameters() if n in base)
     assert update.diagnostics["top_k"] == 1 and update.num_examples == len(fed.client_data(3))
     load = torch.tensor(update.diagnostics["adapter_load"])
-    assert load.shape == (fed.base_config.num_hidden_layers, args.num_experts)
+    assert load.shape == (fed._base_model.config.num_hidden_layers, args.num_experts)
     assert (load.sum(1) == update.metrics["tokens"] * k).all()
     assert update.diagnostics["h"] == pytest.approx(1 + (1 - 1 / 8) + update.diagnostics["skew"])
     p = adapter_params(fed.priced_config, 8, 16, 1)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from fedmoe.config import RunConfig
 from fedmoe.engines import run
-from fedmoe.experiment import run_id
+from fedmoe.experiment import check_config, run_id
 from fedmoe.results import is_finished
 
 # Run seeds per scale: smoke keeps CI fast with the fewest seeds that still give an interval.
@@ -60,6 +60,8 @@ def run_configs(configs: Sequence[RunConfig], *, out_dir: str | Path, jobs: int 
         progress: one progress bar over the grid's runs.
     """
     out_dir = Path(out_dir)
+    for cfg in configs:
+        check_config(cfg)  # a bad config fails here, before any model loads or worker starts
     folders = [out_dir / run_id(cfg) for cfg in configs]
     todo = {run_id(cfg): cfg for cfg, folder in zip(configs, folders, strict=True) if not is_finished(folder)}
     if not todo:
