@@ -89,18 +89,19 @@ class HeteroLoRA(Method):
             self._local = copy.deepcopy(self._server)
         return self._local
 
-    def fit(self, task: ClientTask, state: dict[str, torch.Tensor], *, top_k: int, extra_params=()
+    def fit(self, task: ClientTask, state: dict[str, torch.Tensor], *, top_k: int, param_groups=()
             ) -> tuple[TrainStats, dict[str, torch.Tensor]]:
         """Load ``state`` (global rank) into the client model, route ``top_k`` experts per token, fine-tune the
-        LoRA (and ``extra_params``) on the client's data; return the stats and the trained LoRA state."""
+        LoRA (and the optimizer ``param_groups``, outside gradient clipping: :func:`fedmoe.train.finetune`) on
+        the client's data; return the stats and the trained LoRA state."""
         model = self.local_model()
         load_lora_state_dict(model, state)
-        params = [p for n, p in model.named_parameters() if "lora_" in n] + list(extra_params)
+        params = [p for n, p in model.named_parameters() if "lora_" in n]
         set_top_k(model, top_k)
         try:
             cfg = self.fed.train_config(task.client_id, task.round)
             stats = finetune(model, self.fed.tokenizer, self.fed.client_data(task.client_id), cfg, params=params,
-                             progress=False)
+                             param_groups=param_groups, progress=False)
         finally:
             set_top_k(model, self.full_top_k)
         return stats, lora_state_dict(model)
