@@ -98,14 +98,14 @@ def test_hetlora_client_receives_the_first_r_i_ranks_of_the_global(fed):
 
 
 def test_hetlora_weights_clients_by_lora_norm_by_default(fed):
-    het = _method(fed, "hetlora")
-    assert het.args.weighting == "norm"
+    het = _method(fed, "hetlora")  # default weighting: norm
     # client 0 rank 4 all ones, client 2 rank 1 all fives, |D| = 1 and 3 (ignored): per expert LoRA,
     # ||B A||_F = r c^2 sqrt(out * in) -> weights 4 : 25. First component (4 * 1 + 25 * 5) / 29, others 4 / 29
     het.aggregate(1, [_update(0, _const_state(het, 4, 1.0), 1), _update(2, _const_state(het, 1, 5.0), 3)])
     for a, b in het.factors(het.global_state).values():
         assert torch.allclose(a[:, 0], torch.tensor(129 / 29)) and torch.allclose(a[:, 1:], torch.tensor(4 / 29))
         assert torch.allclose(b[:, :, 0], torch.tensor(129 / 29)) and torch.allclose(b[:, :, 1:], torch.tensor(4 / 29))
+    assert het.args.weighting == "norm"
     with pytest.raises(ValueError, match="weighting"):
         _method(fed, "hetlora", weighting="sparsity")
 
