@@ -2,7 +2,7 @@
 
 from fedmoe.methods.fftmoe.adapter import attach_moe_adapters
 from fedmoe.methods.fftmoe.budget import budget_table, format_budget_table
-from fedmoe.methods.fftmoe.method import FFTMoE, FFTMoEArgs, FFTMoEClient, FFTMoEServer
+from fedmoe.methods.fftmoe.method import FFTMOE, FFTMoEArgs, FFTMoEClient, FFTMoEServer
 
-__all__ = ["FFTMoE", "FFTMoEArgs", "FFTMoEClient", "FFTMoEServer", "attach_moe_adapters", "budget_table",
+__all__ = ["FFTMOE", "FFTMoEArgs", "FFTMoEClient", "FFTMoEServer", "attach_moe_adapters", "budget_table",
            "format_budget_table"]
