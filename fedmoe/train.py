@@ -113,13 +113,15 @@ def _is_moe(model: nn.Module) -> bool:
 
 
 def finetune(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: TrainConfig | None = None, *,
-             params: Iterable[nn.Parameter] | None = None, progress: bool = True,
-             step_callback: Callable[[int, float], bool | None] | None = None,
+             params: Iterable[nn.Parameter] | None = None, param_groups: Sequence[dict] = (),
+             progress: bool = True, step_callback: Callable[[int, float], bool | None] | None = None,
              extra_loss: Callable[[nn.Module, dict], torch.Tensor | None] | None = None) -> TrainStats:
     """Fine-tune ``model`` in place on ``examples`` (loss on answer + eos tokens) and return :class:`TrainStats`.
 
     ``params``: optimise only these parameters (gradients are not even computed for the others during
-    the call); default: every parameter with ``requires_grad``. ``step_callback(step, loss)`` runs after each
+    the call); default: every parameter with ``requires_grad``. ``param_groups``: extra optimizer groups
+    (dicts with ``params`` and optionally ``lr`` / ``weight_decay``, e.g. FLAME's rescaler at its own learning
+    rate), trained alongside but excluded from gradient clipping. ``step_callback(step, loss)`` runs after each
     optimizer step; returning ``True`` stops training early. ``extra_loss(model, batch)`` runs after each
     forward pass (``batch``: the collated inputs, with ``attention_mask``); a tensor it returns is added to
     the LM loss before the backward pass (e.g. FFT-MoE's routing regulariser); the reported losses stay
@@ -133,12 +135,13 @@ def finetune(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: Trai
     chosen = [p for p in all_params if p.requires_grad] if params is None else list(params)
     if not chosen:
         raise ValueError("no parameters to train: pass `params` or leave some parameters with requires_grad=True")
-    chosen_ids = {id(p) for p in chosen}
+    groups = [{**g, "params": list(g["params"])} for g in param_groups]
+    chosen_ids = {id(p) for p in chosen} | {id(p) for g in groups for p in g["params"]}
     saved_flags = [p.requires_grad for p in all_params]
     for p in all_params:
         p.requires_grad_(id(p) in chosen_ids)
     total = cfg.total_steps(len(examples))
-    opt = torch.optim.AdamW(chosen, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([{"params": chosen}, *groups], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, total))
     moe = _is_moe(model)
     extra = {"output_router_logits": cfg.router_aux_loss} if moe else {}

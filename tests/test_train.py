@@ -6,6 +6,7 @@ import torch
 from fedmoe.data.collate import IGNORE_INDEX, collate_train, encode_example
 from fedmoe.data.offline import make_benchmark, pretraining_corpus
 from fedmoe.data.records import Example
+from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.zoo import train_tokenizer
 from fedmoe.train import TrainConfig, finetune
 
@@ -69,6 +70,21 @@ def test_params_restrict_what_is_trained(tiny_moe, tokenizer, examples):
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) != ("mlp.gate.weight" in n), n
         assert p.requires_grad  # flags restored
+
+
+def test_param_groups_train_at_their_own_lr_outside_clipping(tiny_moe, tokenizer, examples):
+    model = tiny_moe("olmoe", vocab_size=len(tokenizer))
+    router = [p for n, p in model.named_parameters() if "mlp.gate.weight" in n]
+    before = [p.detach().clone() for p in router]
+    gain = torch.nn.Parameter(torch.zeros(1))  # scales MoE layer 0's output by exp(gain)
+    handle = moe_layers(model)[0].block.register_forward_hook(lambda _m, _i, out: out * gain.exp())
+    cfg = TrainConfig(lr=1e-3, steps=1, batch_size=4, grad_clip=1e-9)
+    finetune(model, tokenizer, examples, cfg, params=router, param_groups=[{"params": [gain], "lr": 0.1}],
+             progress=False)
+    handle.remove()
+    # Adam's first step is lr * g / (|g| + 1e-8): a gradient clipped to norm 1e-9 moves < lr / 10
+    assert abs(float(gain.detach())) == pytest.approx(0.1, rel=1e-3)  # its own lr, not clipped
+    assert max(float((p - b).abs().max()) for p, b in zip(router, before, strict=True)) < 1e-4  # clipped
 
 
 def test_epochs_and_bad_config(tokenizer, examples, tiny_moe):

@@ -11,15 +11,23 @@ from dataclasses import dataclass
 
 import torch
 
+from fedmoe.data.collate import collate_train
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.methods.base import register
-from fedmoe.methods.flame.aggregate import FREQUENCIES, activation_frequencies, activation_weights
-from fedmoe.methods.flame.rescaler import MODES, Rescaler, initial_scale
+from fedmoe.methods.flame.aggregate import (
+    FREQUENCIES,
+    activation_frequencies,
+    activation_weights,
+    aggregation_report,
+    floored_weights,
+)
+from fedmoe.methods.flame.rescaler import INITS, MODES, Rescaler, start_scales
 from fedmoe.methods.hetero.adapters import moe_index_of_prefix
 from fedmoe.methods.hetero.base import HeteroArgs, HeteroClient, HeteroServer
 from fedmoe.methods.hetero.lowrank import from_factors, weighted_factor_average
 from fedmoe.methods.hetero.tiers import ladder
 from fedmoe.moe.layers import moe_layers
+from fedmoe.moe.lora import load_lora_state_dict
 
 SCOPES = ("tier", "client")
 
@@ -28,38 +36,59 @@ SCOPES = ("tier", "client")
 class FlameArgs(HeteroArgs):
     """FLAME options (the paper's open choices).
 
-    ``temperature``: t in ``gamma_ij = f_ij^t |D_i|`` (0 = FedAvg); ``frequency``: how ``f_ij`` is counted
-    (``per_token`` or ``share``, see :mod:`.aggregate`); ``rescaler``: ``none``, ``fixed`` (k / k_i) or
-    ``learnable`` (init k / k_i); ``rescaler_scope``: one rescaler per compute tier (clients of the same
-    top-k share it, averaged by ``|D_i|``) or per client (kept by the server, never averaged);
-    ``rescaler_per_layer``: one scale per MoE layer, else one for the whole model.
+    Aggregation (:mod:`.aggregate`): ``temperature``: t in ``gamma_ij = f_ij^t |D_i|`` (0 = FedAvg);
+    ``frequency``: how ``f_ij`` is counted (``share``: k_i-free, or ``per_token``); ``fedavg_floor``: lambda
+    mixing the normalised ``gamma`` with FedAvg's weights; ``min_effective_clients``: warn when an expert is
+    averaged from fewer effective clients than this. Rescaler (:mod:`.rescaler`): ``rescaler``: ``none``,
+    ``fixed`` (its init) or ``learnable``; ``rescaler_init``: ``auto``, ``calibrated``, ``ratio`` (k / k_i)
+    or ``one``; ``calibration_examples``: client examples the calibration runs on; ``rescale_lr``: its own
+    learning rate (outside the LoRA's gradient clipping); ``rescaler_scope``: one rescaler per compute tier
+    (clients of the same top-k share it, averaged by ``|D_i|``) or per client (kept by the server, never
+    averaged); ``rescaler_per_layer``: one scale per MoE layer, else one for the whole model.
     """
 
     temperature: float = 2.0
-    frequency: str = "per_token"
+    frequency: str = "share"
+    fedavg_floor: float = 0.5
+    min_effective_clients: float = 2.0
     rescaler: str = "learnable"
+    rescaler_init: str = "auto"
+    calibration_examples: int = 16
+    rescale_lr: float = 0.05
     rescaler_scope: str = "tier"
     rescaler_per_layer: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, value, valid in (("rescaler", self.rescaler, MODES), ("rescaler_scope", self.rescaler_scope, SCOPES),
-                                   ("frequency", self.frequency, FREQUENCIES)):
+                                   ("frequency", self.frequency, FREQUENCIES),
+                                   ("rescaler_init", self.rescaler_init, INITS)):
             if value not in valid:
                 raise ValueError(f"method_args.{name}={value!r}; use one of {valid}")
         if self.temperature < 0:
             raise ValueError(f"method_args.temperature={self.temperature} must be >= 0 (0 is FedAvg)")
+        if not 0 <= self.fedavg_floor <= 1:
+            raise ValueError(f"method_args.fedavg_floor={self.fedavg_floor} must be in [0, 1] (0: the paper's "
+                             "activation-aware weights, 1: FedAvg)")
+        if self.rescale_lr <= 0:
+            raise ValueError(f"method_args.rescale_lr={self.rescale_lr} must be > 0 (e.g. 0.05)")
+        if self.calibration_examples < 1:
+            raise ValueError(f"method_args.calibration_examples={self.calibration_examples} must be >= 1 (e.g. 16)")
 
 
 class FlameBudgets:
     """FLAME's budget rule, shared by both halves: every client holds the full global rank and activates k_i,
-    the model's top-k halved per compute tier (at least 1)."""
+    the model's top-k halved per compute tier (at least 1); and the size of its rescaler."""
 
     def rank_for(self, tier: int) -> int:
         return self.args.rank
 
     def top_k_for(self, tier: int) -> int:
         return ladder(self.full_top_k, tier)
+
+    def scale_count(self) -> int:
+        """Values in a rescaler: one per MoE layer (``rescaler_per_layer``), else one."""
+        return len(moe_layers(self.model)) if self.args.rescaler_per_layer else 1
 
 
 class FlameServer(FlameBudgets, HeteroServer):
@@ -68,43 +97,50 @@ class FlameServer(FlameBudgets, HeteroServer):
     def __init__(self, fed, args):
         super().__init__(fed, args)
         self._moe_index = moe_index_of_prefix(self.model)
-        self._scales = len(moe_layers(self.model)) if self.args.rescaler_per_layer else 1
         self.rescales: dict[str, list[float]] = {}
 
     def rescale_key(self, client: int) -> str:
         """Whose rescaler a client uses: its tier's (named by its top-k) or its own."""
         return f"k{self.budget(client).top_k}" if self.args.rescaler_scope == "tier" else f"client{client}"
 
-    def rescale_of(self, client: int) -> list[float]:
-        """The current rescaler of a client (``k / k_i`` until it has been trained)."""
-        init = initial_scale(self.full_top_k, self.budget(client).top_k)
-        return list(self.rescales.get(self.rescale_key(client), [init] * self._scales))
+    def rescale_of(self, client: int) -> list[float] | None:
+        """The server's rescaler for a client; None until one came back (the client then initialises it)."""
+        values = self.rescales.get(self.rescale_key(client))
+        return None if values is None else list(values)
 
     def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
         return [ClientTask(c, round_, dict(self.global_state),
                            {"top_k": self.budget(c).top_k, "rescale": self.rescale_of(c)}, self.notes(c))
                 for c in clients]
 
-    def expert_weights(self, updates: list[ClientUpdate]) -> dict[str, torch.Tensor]:
-        """Per-prefix client weights [N, G]: ``gamma_ij`` of the expert's MoE layer for expert LoRAs,
-        ``|D_i|`` for other adapted modules (attention)."""
+    def layer_weights(self, updates: list[ClientUpdate]) -> torch.Tensor:
+        """Normalised client weights [N, L, E] of every expert of every MoE layer: the activation-aware
+        ``gamma_ij`` with the FedAvg floor (:func:`.aggregate.floored_weights`)."""
         if any(not u.expert_tokens for u in updates):
             raise ValueError("FLAME needs every client's expert_tokens (routed-token counts) to aggregate")
         freq = activation_frequencies([u.expert_tokens for u in updates], [u.metrics["tokens"] for u in updates],
                                       self.args.frequency)
-        gamma = activation_weights(freq, [u.num_examples for u in updates], self.args.temperature)
+        sizes = [u.num_examples for u in updates]
+        return floored_weights(activation_weights(freq, sizes, self.args.temperature), sizes, self.args.fedavg_floor)
+
+    def expert_weights(self, updates: list[ClientUpdate], layer_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-prefix client weights [N, G]: the expert's MoE layer's row of ``layer_weights`` for expert LoRAs,
+        ``|D_i|`` for other adapted modules (attention)."""
         sizes = torch.tensor([[float(u.num_examples)] for u in updates], dtype=torch.float64)
-        return {p: gamma[:, self._moe_index[p], :] if p in self._moe_index else sizes for p in self.global_keys()}
+        return {p: layer_weights[:, self._moe_index[p], :] if p in self._moe_index else sizes
+                for p in self.global_keys()}
 
     def global_keys(self) -> list[str]:
         """Adapted module prefixes of the global LoRA."""
         return sorted(self.factors(self.global_state))
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
-        weights = self.expert_weights(updates)
+        layer_weights = self.layer_weights(updates)
+        weights = self.expert_weights(updates, layer_weights)
         self.global_state = from_factors(weighted_factor_average([self.factors(u.tensors) for u in updates], weights))
-        out: dict[str, float] = {"clients": len(updates)}
-        if self.args.rescaler == "learnable":
+        out: dict[str, float] = {"clients": len(updates), **aggregation_report(
+            layer_weights, [u.num_examples for u in updates], self.args.min_effective_clients)}
+        if self.args.rescaler != "none":
             groups: dict[str, list[ClientUpdate]] = {}
             for u in updates:
                 if self.budget(u.client_id).top_k < self.full_top_k:
@@ -112,7 +148,7 @@ class FlameServer(FlameBudgets, HeteroServer):
             for key, members in groups.items():
                 total = sum(u.num_examples for u in members)
                 self.rescales[key] = [sum(u.num_examples * u.payload["rescale"][i] for u in members) / total
-                                      for i in range(self._scales)]
+                                      for i in range(self.scale_count())]
         for key, values in sorted(self.rescales.items()):
             if key.startswith("k"):
                 out[f"rescale_{key}"] = sum(values) / len(values)
@@ -126,18 +162,29 @@ class FlameServer(FlameBudgets, HeteroServer):
 
 
 class FlameClient(FlameBudgets, HeteroClient):
-    """Trains the full-rank LoRA routing k_i experts per token, through its tier's rescaler."""
+    """Trains the full-rank LoRA routing k_i experts per token, through its tier's rescaler (initialised
+    here, on the client's own data, the first time the server has none)."""
+
+    def start_rescale(self, task: ClientTask, top_k: int) -> list[float]:
+        """The client's first rescaler (:func:`.rescaler.start_scales`), calibrated if needed on its first
+        ``calibration_examples`` examples with the received global LoRA loaded."""
+        load_lora_state_dict(self.model, task.tensors)
+        data = self.fed.client_data(task.client_id)[: self.args.calibration_examples]
+        batch = collate_train(self.fed.tokenizer, data, self.fed.cfg.fed.max_length)
+        return start_scales(self.model, self.args.rescaler_init, self.full_top_k, top_k, batch,
+                            per_layer=self.args.rescaler_per_layer)
 
     def update(self, task: ClientTask) -> ClientUpdate:
-        k, scales = task.plan["top_k"], task.plan["rescale"]
+        k = task.plan["top_k"]
         if self.args.rescaler == "none" or k == self.full_top_k:  # nothing to compensate at the full top-k
             stats, state = self.fit(task, task.tensors, top_k=k)
-            used = [1.0] * len(scales)
+            used = [1.0] * self.scale_count()
         else:
+            scales = task.plan["rescale"] or self.start_rescale(task, k)
             rescaler = Rescaler(scales, trainable=self.args.rescaler == "learnable")
-            extra = [rescaler.log_gain] if rescaler.log_gain.requires_grad else []
             with rescaler.applied(self.model):
-                stats, state = self.fit(task, task.tensors, top_k=k, extra_params=extra)
+                stats, state = self.fit(task, task.tensors, top_k=k,
+                                        param_groups=rescaler.param_groups(self.args.rescale_lr))
             used = [float(v) for v in rescaler.values().detach()]
         return self.make_update(task, state, stats, top_k=k, rank=self.args.rank, payload={"rescale": used})
 

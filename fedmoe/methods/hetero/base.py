@@ -108,19 +108,21 @@ class LoRAClient(LoRAHalf, Client):
         self.model = self.build_model()
 
     def train(self, task: ClientTask, state: dict[str, torch.Tensor], examples: Sequence[Example], *,
-              top_k: int | None = None, extra_params: Sequence[nn.Parameter] = (), **train_overrides
+              top_k: int | None = None, param_groups: Sequence[dict] = (), **train_overrides
               ) -> tuple[TrainStats, dict[str, torch.Tensor]]:
-        """Load ``state`` into the local model, fine-tune the LoRA (and ``extra_params``) on ``examples``
-        routing ``top_k`` experts per token (default: the model's), and return the stats and the trained state."""
+        """Load ``state`` into the local model, fine-tune the LoRA on ``examples`` routing ``top_k`` experts per
+        token (default: the model's), and return the stats and the trained state. ``param_groups``: extra
+        optimizer groups (own learning rate, outside gradient clipping: :func:`fedmoe.train.finetune`)."""
         model = self.model
         load_lora_state_dict(model, state)
-        params = [p for n, p in model.named_parameters() if "lora_" in n] + list(extra_params)
+        params = [p for n, p in model.named_parameters() if "lora_" in n]
         full_top_k = moe_layers(model)[0].top_k
         if top_k is not None:
             set_top_k(model, top_k)
         try:
             cfg = self.fed.train_config(task.client_id, task.round, **train_overrides)
-            stats = finetune(model, self.fed.tokenizer, examples, cfg, params=params, progress=False)
+            stats = finetune(model, self.fed.tokenizer, examples, cfg, params=params, param_groups=param_groups,
+                             progress=False)
         finally:
             if top_k is not None:
                 set_top_k(model, full_top_k)
@@ -220,11 +222,12 @@ class HeteroClient(HeteroHalf, LoRAClient):
         super().__init__(fed, args)
         self.init_hetero(self.model)
 
-    def fit(self, task: ClientTask, state: dict[str, torch.Tensor], *, top_k: int, extra_params=()
+    def fit(self, task: ClientTask, state: dict[str, torch.Tensor], *, top_k: int, param_groups=()
             ) -> tuple[TrainStats, dict[str, torch.Tensor]]:
-        """Load ``state`` (global rank), route ``top_k`` experts per token and fine-tune the LoRA (and
-        ``extra_params``) on the client's data; return the stats and the trained LoRA state."""
-        return self.train(task, state, self.fed.client_data(task.client_id), top_k=top_k, extra_params=extra_params)
+        """Load ``state`` (global rank), route ``top_k`` experts per token and fine-tune the LoRA (and the
+        optimizer ``param_groups``, outside gradient clipping) on the client's data; return the stats and the
+        trained LoRA state."""
+        return self.train(task, state, self.fed.client_data(task.client_id), top_k=top_k, param_groups=param_groups)
 
     def train_truncated(self, task: ClientTask) -> ClientUpdate:
         """HetLoRA/FlexLoRA client: pad the received rank-r_i LoRA, train it, send its r_i components back."""

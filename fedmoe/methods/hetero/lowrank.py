@@ -8,7 +8,8 @@ rank-j column at ``j*E + e`` (see :mod:`fedmoe.moe.lora`); an ordinary linear (a
 where every operation below is plain batched linear algebra; :func:`from_factors` goes back.
 
 All aggregation rules of FLAME and its baselines are written on factors:
-``weighted_factor_average`` (FedAvg, HetLoRA's zero-padded average, FLAME's per-expert weights),
+``weighted_factor_average`` (FedAvg, HetLoRA's zero-padded average with ``product_norms`` weights, FLAME's
+per-expert weights),
 ``weighted_product_average`` (FlexLoRA), ``svd_factors`` (FlexLoRA's redistribution) and
 ``stack_factors`` (FLoRA).
 """
@@ -94,6 +95,13 @@ def pad(factors: Factors, rank: int) -> Factors:
 def products(factors: Factors) -> dict[str, torch.Tensor]:
     """``{prefix: B @ A}`` [G, out, in] (without LoRA's ``alpha / r`` scaling)."""
     return {p: b.double() @ a.double() for p, (a, b) in factors.items()}
+
+
+def product_norms(all_factors: Sequence[Factors]) -> dict[str, torch.Tensor]:
+    """``{prefix: [N, G]}``: the Frobenius norm ``||B_i A_i||_F`` of every client's LoRA of every group (HetLoRA's
+    sparsity weights; zero padding does not change a product, so ranks may differ)."""
+    prods = [products(f) for f in all_factors]
+    return {p: torch.stack([pr[p].flatten(1).norm(dim=1) for pr in prods]) for p in prods[0]}
 
 
 def _normalised(weights: Sequence[float]) -> torch.Tensor:

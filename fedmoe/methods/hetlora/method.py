@@ -1,22 +1,42 @@
 """HetLoRA (Cho et al., 2024): clients of compute tier t train rank ``r_i = max(1, r // 2**t)`` copies of one
 global rank-r LoRA on every expert.
 
-- send (:meth:`HetLoRA.plan`): the global LoRA truncated to each client's first ``r_i`` components;
-- aggregate (:meth:`HetLoRA.aggregate`): zero-pad every client's factors to rank r and average A and B
-  separately, weighted by ``|D_i|`` (:func:`fedmoe.methods.hetero.lowrank.weighted_factor_average`).
+- send (:meth:`HetLoRAServer.plan`): the global LoRA truncated to each client's first ``r_i`` components;
+- aggregate (:meth:`HetLoRAServer.aggregate`): zero-pad every client's factors to rank r and average A and B
+  separately (:func:`fedmoe.methods.hetero.lowrank.weighted_factor_average`), weighted as the paper's
+  sparsity-weighted aggregation by the norm ``||B_i A_i||_F`` of each client's LoRA, per expert and module
+  (:func:`fedmoe.methods.hetero.lowrank.product_norms`; ``weighting="norm"``), or by ``|D_i|``
+  (``weighting="examples"``).
 The optional rank self-pruning of the paper is not implemented (see README.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.methods.base import register
 from fedmoe.methods.hetero.base import HeteroArgs, HeteroClient, HeteroServer
-from fedmoe.methods.hetero.lowrank import from_factors, pad, weighted_factor_average
+from fedmoe.methods.hetero.lowrank import from_factors, pad, product_norms, weighted_factor_average
+
+WEIGHTINGS = ("norm", "examples")
+
+
+@dataclass
+class HetLoRAArgs(HeteroArgs):
+    """HetLoRA options: ``weighting`` of the clients in the zero-padded average, ``norm`` (the paper's
+    sparsity-weighted aggregation, ``||B_i A_i||_F`` per expert LoRA) or ``examples`` (``|D_i|``, FedAvg)."""
+
+    weighting: str = "norm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"method_args.weighting={self.weighting!r}; use one of {WEIGHTINGS}")
 
 
 class HetLoRAServer(HeteroServer):
-    """Rank-heterogeneous LoRA with zero-padding FedAvg."""
+    """Rank-heterogeneous LoRA with zero-padding, sparsity-weighted aggregation."""
 
     def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
         tasks = []
@@ -26,8 +46,9 @@ class HetLoRAServer(HeteroServer):
         return tasks
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
-        avg = weighted_factor_average([self.factors(u.tensors) for u in updates], [u.num_examples for u in updates])
-        self.global_state = from_factors(pad(avg, self.args.rank))
+        factors = [self.factors(u.tensors) for u in updates]
+        weights = product_norms(factors) if self.args.weighting == "norm" else [u.num_examples for u in updates]
+        self.global_state = from_factors(pad(weighted_factor_average(factors, weights), self.args.rank))
         return {"clients": len(updates), "mean_rank": self.mean_rank(updates)}
 
 
@@ -38,4 +59,4 @@ class HetLoRAClient(HeteroClient):
         return self.train_truncated(task)
 
 
-HETLORA = register("hetlora", HeteroArgs, HetLoRAServer, HetLoRAClient)
+HETLORA = register("hetlora", HetLoRAArgs, HetLoRAServer, HetLoRAClient)
