@@ -1,14 +1,16 @@
-"""FLAME against the heterogeneous-LoRA baselines in every compute setting: FLOPs per client and final scores.
+"""FLAME against the heterogeneous-LoRA baselines in every compute setting, over seeds: FLOPs per client tier,
+scores with 95% intervals, and FLAME's lead over the best baseline paired over seeds and test items.
 
 Runs (or reuses the finished runs of ``notebooks/flame/01_compute_settings.ipynb``, same configs and folder)
 FLAME, HetLoRA, FlexLoRA, FLoRA and FedIT in the homogeneous, uniform and heavy-tail settings, prints the
-FLOPs per client tier and the score table, then one ``key value`` line per setting::
+tables, then ``key value`` lines, each with ``_lo`` / ``_hi`` companions (the 95% interval)::
 
-    flame_minus_best_baseline_<setting> <FLAME's score minus the best baseline's, in score points>
+    flame_minus_best_baseline_<setting>      FLAME's score minus the best baseline's, in score points
+    flame_lead_growth                        (lead in heavy-tail) - (lead in homogeneous), in score points
 
-(positive: FLAME leads), so a script can check the figures.
+and one verdict line per target (MET / FAILED / UNRESOLVED).
 
-    python reproduce/bench_flame.py [--scale default] [--results results] [--seed 0]
+    python reproduce/bench_flame.py [--scale default] [--results results] [--seeds 0,1,2] [--jobs N]
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedmoe.studies.flame import METHODS, SETTINGS, client_budgets, final_score, lead, run_grid
+from fedmoe.studies.evidence import score_interval
+from fedmoe.studies.flame import METHODS, SETTINGS, client_budgets, lead, lead_growth, run_grid, targets
+from fedmoe.studies.grid import seeds_for
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _key(name: str, interval, scale: float = 100.0) -> None:
+    print(f"{name} {scale * interval.mean:.2f}")
+    print(f"{name}_lo {scale * interval.lo:.2f}")
+    print(f"{name}_hi {scale * interval.hi:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,31 +37,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
     parser.add_argument("--results", default=str(ROOT / "results"), help="parent folder of run folders")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scale's)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: $JOBS or the cores)")
     args = parser.parse_args(argv)
-    folders = run_grid(METHODS, SETTINGS, out_dir=args.results, scale=args.scale, seed=args.seed, progress=True)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(seeds_for(args.scale))
+    folders = run_grid(METHODS, SETTINGS, out_dir=args.results, scale=args.scale, seeds=seeds, jobs=args.jobs,
+                       progress=True)
 
-    print("\nTrain FLOPs per token by client tier (mean over the clients of the tier that trained)")
+    print("\nTrain FLOPs per token by client tier (first seed; mean over the clients of the tier that trained)")
     print(f"{'setting':<12} {'method':<9} {'tier':>4} {'top-k':>5} {'rank':>4} {'clients':>7} {'GFLOP/token':>12}")
-    for (method, setting), folder in folders.items():
+    for (method, setting), runs in folders.items():
         tiers: dict[int, list[dict]] = {}
-        for row in client_budgets(folder):
+        for row in client_budgets(runs[0]):
             tiers.setdefault(row["tier"], []).append(row)
         for tier, rows in sorted(tiers.items()):
             flops = sum(r["flops_per_token"] for r in rows) / len(rows)
             print(f"{setting:<12} {method:<9} {tier:>4} {rows[0]['top_k']:>5} {rows[0]['rank']:>4} {len(rows):>7} "
                   f"{flops / 1e9:>12.6f}")
 
-    print("\nFinal score")
-    print(f"{'setting':<12} " + " ".join(f"{m:>9}" for m in METHODS))
-    leads = {}
+    print(f"\nFinal score, mean ± 95% CI over seeds {seeds} (points)")
     for setting in SETTINGS:
-        scores = {m: final_score(folders[m, setting]) for m in METHODS}
-        leads[setting] = lead(scores)
-        print(f"{setting:<12} " + " ".join(f"{scores[m]:>9.4f}" for m in METHODS))
+        print(f"{setting:<12} " + "  ".join(f"{m} {score_interval(folders[m, setting]).format()}" for m in METHODS))
     print()
-    for setting, value in leads.items():
-        print(f"flame_minus_best_baseline_{setting.replace('-', '_')} {value:.2f}")
+    for setting in SETTINGS:
+        _key(f"flame_minus_best_baseline_{setting.replace('-', '_')}", lead(folders, setting).difference)
+    _key("flame_lead_growth", lead_growth(folders).difference)
+    for row in targets(folders, list(SETTINGS)):
+        print(f"{row.verdict} {row.target}")
     return 0
 
 

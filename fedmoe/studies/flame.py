@@ -1,5 +1,6 @@
 """FLAME's experiment grid, shared by ``notebooks/flame`` and ``reproduce/bench_flame.py``: the compute settings,
-one run config per (method, setting), and the numbers the figures show (score, FLOPs per client, FLAME's lead).
+one run config per (method, setting, seed), and the numbers the figures show (score, FLOPs per client, FLAME's
+lead over the best baseline paired over seeds and test items).
 
 Compute settings are device fleets (:mod:`fedmoe.fl.devices`): ``homogeneous`` (every client an RTX 3090,
 tier 0), ``uniform`` (a third each of tiers 0, 1, 2) and ``heavy-tail`` (60% tier 2, 30% tier 1, 10% tier 0).
@@ -9,21 +10,27 @@ FedIT, homogeneous by design, runs at the rank of the setting's weakest tier (al
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import fedmoe
 from fedmoe.config import RunConfig, load_config
-from fedmoe.engines import run
 from fedmoe.fl.devices import get_fleet
 from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
-from fedmoe.results import load_rounds, load_summary
+from fedmoe.report import TargetRow
+from fedmoe.results import load_rounds
+from fedmoe.stats import judge_target, paired_difference, verdict
+from fedmoe.studies.evidence import Comparison, best_by_mean, compare, item_scores, seed_of
+from fedmoe.studies.grid import run_configs
 
 SETTINGS = {"homogeneous": "rtx-3090-24gb", "uniform": "uniform", "heavy-tail": "heavy-tail"}
 BASELINES = ("hetlora", "flexlora", "flora", "fedit")
 METHODS = ("flame", *BASELINES)
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "flame.yaml"
+COMMAND = "make reproduce  (notebooks/flame/01_compute_settings.ipynb; reproduce/bench_flame.py)"
 
 
 def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
@@ -54,29 +61,64 @@ def fedit_args(cfg: RunConfig, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_grid(methods: Iterable[str], settings: Iterable[str], *, out_dir: str | Path, scale: str = "default",
-             seed: int = 0, overrides: dict[str, Any] | None = None, method_args: dict[str, Any] | None = None,
-             progress: bool = False) -> dict[tuple[str, str], Path]:
-    """Run (or reuse finished runs of) every method in every setting; ``{(method, setting): run folder}``."""
-    folders = {}
+             seeds: Sequence[int] = (0,), overrides: dict[str, Any] | None = None,
+             method_args: dict[str, Any] | None = None, jobs: int | None = None,
+             progress: bool = False) -> dict[tuple[str, str], list[Path]]:
+    """Run (or reuse finished runs of) every method in every setting over ``seeds``, in parallel;
+    ``{(method, setting): [run folder per seed]}``."""
+    keys, configs = [], []
     for setting in settings:
         for method in methods:
             args = method_args if method == "flame" else None
-            cfg = make_config(method, setting, scale=scale, seed=seed, overrides=overrides, method_args=args)
-            folders[method, setting] = run(cfg, out_dir=out_dir, progress=progress)
+            for seed in seeds:
+                keys.append((method, setting))
+                configs.append(make_config(method, setting, scale=scale, seed=seed, overrides=overrides,
+                                           method_args=args))
+    folders: dict[tuple[str, str], list[Path]] = {}
+    for key, folder in zip(keys, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True):
+        folders.setdefault(key, []).append(folder)
     return folders
 
 
-def final_score(folder: str | Path) -> float:
-    """The score after the last round."""
-    return float(load_summary(folder)["final_score"])
+def best_baseline(folders: dict[tuple[str, str], list[Path]], setting: str) -> str:
+    """The baseline with the highest mean score over seeds in ``setting`` (chosen before comparing)."""
+    return best_by_mean({m: runs for (m, s), runs in folders.items() if s == setting and m != "flame"})
 
 
-def lead(scores: dict[str, float]) -> float:
-    """FLAME's score minus the best baseline's, in score points (x100); positive means FLAME leads."""
-    baselines = [v for m, v in scores.items() if m != "flame"]
-    if "flame" not in scores or not baselines:
-        raise KeyError(f"need FLAME and at least one baseline, got {sorted(scores)}")
-    return 100.0 * (scores["flame"] - max(baselines))
+def lead(folders: dict[tuple[str, str], list[Path]], setting: str) -> Comparison:
+    """FLAME minus the best baseline in ``setting``, paired over seeds and test items (score units)."""
+    return compare(folders["flame", setting], folders[best_baseline(folders, setting), setting])
+
+
+def lead_growth(folders: dict[tuple[str, str], list[Path]], low: str = "homogeneous", high: str = "heavy-tail"
+                ) -> Comparison:
+    """How much FLAME's lead over the best baseline grows from setting ``low`` to ``high``: the paired difference
+    of the per-item lead (same seeds, same test items in both settings)."""
+    def per_item(setting: str):
+        best = best_baseline(folders, setting)
+        a = np.stack([item_scores(f) for f in sorted(folders["flame", setting], key=seed_of)])
+        b = np.stack([item_scores(f) for f in sorted(folders[best, setting], key=seed_of)])
+        return a - b
+
+    diff = paired_difference(per_item(high), per_item(low))
+    return Comparison(diff, verdict(diff))
+
+
+def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str]) -> list[TargetRow]:
+    """FLAME's claims as report rows: it leads the best baseline in every setting, and its lead grows with
+    heterogeneity (homogeneous -> heavy-tail), each judged on its paired interval."""
+    rows = []
+    for setting in settings:
+        diff = lead(folders, setting).difference
+        rows.append(TargetRow(paper="FLAME", target=f"FLAME >= best heterogeneous-LoRA baseline ({setting})",
+                              measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
+                              note=f"FLAME - {best_baseline(folders, setting)}, paired"))
+    if {"homogeneous", "heavy-tail"} <= set(settings):
+        diff = lead_growth(folders).difference
+        rows.append(TargetRow(paper="FLAME", target="FLAME's lead grows from homogeneous to heavy-tail",
+                              measured=diff, goal="> +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
+                              note="(lead in heavy-tail) - (lead in homogeneous), paired"))
+    return rows
 
 
 def client_budgets(folder: str | Path) -> list[dict[str, Any]]:
