@@ -205,16 +205,17 @@ def verdict(interval: Interval) -> str:
 def judge_target(interval: Interval, target: float, higher_is_better: bool = True) -> str:
     """``MET`` only when the whole interval clears ``target``, ``FAILED`` only when it lies wholly on the wrong side.
 
-    With ``higher_is_better`` the goal is ``value >= target``: MET when ``lo >= target``, FAILED when
-    ``hi < target``. Otherwise the goal is ``value <= target``: MET when ``hi <= target``, FAILED when
-    ``lo > target``. Anything else, an undefined interval included, is ``UNRESOLVED``.
+    With ``higher_is_better`` MET when ``lo > target``, FAILED when ``hi < target``; otherwise MET when
+    ``hi < target``, FAILED when ``lo > target``. An interval touching the target does not clear it (a
+    zero-width interval at the target, e.g. two runs that both score 0, decides nothing), and anything else,
+    an undefined interval included, is ``UNRESOLVED``.
     """
     if not interval.defined:
         return UNRESOLVED
     if higher_is_better:
-        met, failed = interval.lo >= target, interval.hi < target
+        met, failed = interval.lo > target, interval.hi < target
     else:
-        met, failed = interval.hi <= target, interval.lo > target
+        met, failed = interval.hi < target, interval.lo > target
     return MET if met else FAILED if failed else UNRESOLVED
 
 

@@ -180,9 +180,14 @@ def test_fedavg_floor_and_effective_clients_by_hand():
     assert torch.allclose(w[:, 0], T([[0.5, 1 / 7], [0.5, 6 / 7]], dtype=torch.float64))
     assert torch.allclose(floored_weights(gamma, [1, 3], 1.0)[:, 0], T([[0.25, 0.25], [0.75, 0.75]],
                                                                       dtype=torch.float64))  # FedAvg
-    # effective clients 1 / sum w^2: expert 0 -> 2, expert 1 -> 49 / 37; FedAvg's: 1 / (1/16 + 9/16) = 1.6
-    with pytest.warns(UserWarning, match="expert 1 of MoE layer 0 is averaged from 1.32 effective clients"):
+    # effective clients 1 / sum w^2: expert 0 -> 2, expert 1 -> 49 / 37; FedAvg's: 1 / (1/16 + 9/16) = 1.6.
+    # 49/37 = 1.32 is not below 3/4 of FedAvg's 1.6 (1.2): no warning; without the floor expert 1 gets
+    # 1 / (1/784 + 729/784) = 784/730 = 1.07 effective clients, which warns.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         report = aggregation_report(w, [1, 3], min_effective=2.0)
+    with pytest.warns(UserWarning, match="expert 1 of MoE layer 0 is averaged from 1.07 effective clients"):
+        aggregation_report(floored_weights(gamma, [1, 3], 0.0), [1, 3], min_effective=2.0)
     assert report == pytest.approx({"eff_clients_mean": (2 + 49 / 37) / 2, "eff_clients_min": 49 / 37,
                                     "eff_clients_fedavg": 1.6})
     # never-activated expert (t > 0): FedAvg's weights; one client: 1 effective client, as FedAvg, no warning

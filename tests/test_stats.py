@@ -132,7 +132,8 @@ def test_verdict_words(lo, hi, word):
 
 @pytest.mark.parametrize(("lo", "hi", "target", "higher", "word"), [
     (2.1, 2.6, 2.0, True, "MET"),
-    (2.0, 2.6, 2.0, True, "MET"),  # the goal is >= 2.0: the whole interval is in it
+    (2.0, 2.6, 2.0, True, "UNRESOLVED"),  # touching the target does not clear it
+    (2.0, 2.0, 2.0, True, "UNRESOLVED"),  # zero width at the target (e.g. both methods score 0) decides nothing
     (1.2, 1.9, 2.0, True, "FAILED"),
     (1.2, 2.0, 2.0, True, "UNRESOLVED"),
     (1.8, 2.3, 2.0, True, "UNRESOLVED"),

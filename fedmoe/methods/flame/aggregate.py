@@ -80,12 +80,13 @@ def effective_clients(weights: torch.Tensor) -> torch.Tensor:
 def aggregation_report(weights: torch.Tensor, num_examples: Sequence[int], min_effective: float
                        ) -> dict[str, float]:
     """Effective clients per expert (mean and min over MoE layers and experts, and FedAvg's over the same
-    clients) from normalised weights [N, L, E]; warns when the min is below both ``min_effective`` and what
-    FedAvg would give (a round with one client, or two unequal ones, cannot reach the threshold at all)."""
+    clients) from normalised weights [N, L, E]; warns when the min is below both ``min_effective`` and three
+    quarters of what FedAvg would give over the same clients (a round with one client, or two unequal ones,
+    cannot reach the threshold at all, and small departures from FedAvg are the method working)."""
     eff = effective_clients(weights)
     fedavg = float(effective_clients(fedavg_fractions(num_examples)))
     out = {"eff_clients_mean": float(eff.mean()), "eff_clients_min": float(eff.min()), "eff_clients_fedavg": fedavg}
-    if out["eff_clients_min"] < min(min_effective, fedavg) - 1e-9:
+    if out["eff_clients_min"] < min(min_effective, 0.75 * fedavg) - 1e-9:
         layer, expert = divmod(int(eff.argmin()), eff.shape[1])
         warnings.warn(f"FLAME aggregation: expert {expert} of MoE layer {layer} is averaged from "
                       f"{out['eff_clients_min']:.2f} effective clients (FedAvg over these {weights.shape[0]} "
