@@ -4,26 +4,63 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
 
 def _run(args) -> int:
     from fedmoe.config import load_config
-    from fedmoe.experiment import run, write_summary
 
-    cfg = load_config(args.config, args.set, scale=args.scale)
-    if args.engine == "flower":
-        from fedmoe.fl.flower_engine import run_flower_simulation
+    overrides = list(args.set)
+    seeds = _parse_seeds(args.seeds, overrides)
+    configs = [load_config(args.config, overrides + ([f"seed={s}"] if s is not None else []), scale=args.scale)
+               for s in seeds]  # every config checked before the first run starts
+    for seed, cfg in zip(seeds, configs, strict=True):
+        name = f"{args.name}-seed{seed}" if args.name and len(seeds) > 1 else args.name
+        folder = _run_one(cfg, args, name)
+        print(f"results: {folder}")
+        if (folder / "summary.json").exists():
+            from fedmoe.experiment import write_summary
 
-        folder = run_flower_simulation(cfg, num_supernodes=args.supernodes, out_dir=args.out, run_name=args.name)
-    else:
-        folder = run(cfg, out_dir=args.out, run_name=args.name, resume=not args.no_resume,
-                     stop_after=args.stop_after)
-    print(f"results: {folder}")
-    if (folder / "summary.json").exists():
-        print(json.dumps(write_summary(folder), indent=2))
+            print(json.dumps(write_summary(folder), indent=2))
     return 0
+
+
+def _parse_seeds(text: str | None, overrides: list[str]) -> list[int | None]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]`` (``[None]``: the config's own seed)."""
+    from fedmoe.config import ConfigError
+
+    if text is None:
+        return [None]
+    if any(item.split("=", 1)[0].strip() == "seed" for item in overrides):
+        raise ConfigError("--seeds and --set seed=... both set the seed; keep one (e.g. --seeds 0,1,2)")
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts) or len(set(map(int, parts))) != len(parts):
+        raise ConfigError(f"--seeds {text!r} is invalid: expected distinct comma-separated integers >= 0 "
+                          "(fix: e.g. --seeds 0,1,2)")
+    return [int(part) for part in parts]
+
+
+def _run_one(cfg, args, name: str | None) -> Path:
+    """Run one config; if it fails before its first checkpoint, remove the folders this command created."""
+    from fedmoe.experiment import CHECKPOINT_FILE, run, run_id
+
+    folder = Path(args.out) / (name or run_id(cfg) + ("-flower" if args.engine == "flower" else ""))
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        if args.engine == "flower":
+            from fedmoe.fl.flower_engine import run_flower_simulation
+
+            return run_flower_simulation(cfg, num_supernodes=args.supernodes, out_dir=args.out, run_name=name)
+        return run(cfg, out_dir=args.out, run_name=name, resume=not args.no_resume, stop_after=args.stop_after)
+    except BaseException:
+        if created and not (folder / CHECKPOINT_FILE).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            for parent in created[1:]:
+                if parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+        raise
 
 
 def _plot(args) -> int:
@@ -58,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernodes", type=int, default=2, help="SuperNodes in the Flower simulation")
     p.add_argument("--no-resume", action="store_true", help="fail instead of resuming an existing run")
     p.add_argument("--stop-after", type=int, help="stop after this round (resume later)")
+    p.add_argument("--seeds", metavar="S1,S2,...",
+                   help="run once per seed (one run folder each), e.g. --seeds 0,1,2; data_seed stays fixed")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("plot", help="plot runs: score against rounds or simulated time")
@@ -74,12 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fedmoe`` command."""
+    """Entry point of the ``fedmoe`` command: a bad input ends in one ``fedmoe: error: ...`` line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"fedmoe: error: {exc}", file=sys.stderr)
+    except (KeyError, ValueError, OSError) as exc:  # the kit's errors name the problem and the fix
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"fedmoe: error: {message}", file=sys.stderr)
         return 2
 
 

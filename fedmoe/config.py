@@ -1,9 +1,18 @@
-"""One config tree for every run: dataclasses, YAML files and ``key=value`` overrides.
+"""One config tree for every run: dataclasses, YAML files and ``key=value`` overrides, checked up front.
 
-A run is fully described by a :class:`RunConfig`. YAML files under ``reproduce/configs/`` hold
-named configs; the CLI (``--set a.b=c``) and papermill parameters override single fields. A
-*scale* preset (``smoke``, ``default``, ``paper``) fills sizes first, so only parameters differ
-between a CI smoke run and a paper-scale run, never the code path.
+A run is fully described by a :class:`RunConfig`. YAML files under ``reproduce/configs/`` hold named
+configs; the CLI (``--set a.b=c``) and papermill parameters override single fields. Sizes are data: a
+file's ``scales:`` block holds the sizes of each scale (``smoke``, ``default``, ``paper``); a scale the
+file gives no block for takes the generic :data:`SCALE_PRESETS`. Precedence, lowest first::
+
+    dataclass defaults < file top level < the file's block for the scale (else the generic preset) < overrides
+
+A value written in a file either applies or is an error: a top-level value that a scale block or the
+generic preset would replace by another value is a :class:`ConfigError`, never silently overridden.
+
+Every value is type-checked and range-checked (and every name looked up: method, fleet, suite, zoo
+model, ...) when the config is built, before any model or data loads and before a results folder is
+made. Numbers may be written in any YAML/CLI spelling (``1e-4``, which YAML reads as a string, too).
 """
 
 from __future__ import annotations
@@ -11,6 +20,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +30,11 @@ from typing import Any
 import yaml
 
 SCALES = ("smoke", "default", "paper")
+
+
+class ConfigError(ValueError):
+    """A config value that is unknown, of the wrong type or out of range; the message is one line naming the
+    key, the value, what is expected and a fix."""
 
 
 @dataclass
@@ -72,6 +89,9 @@ class CostConfig:
 class RunConfig:
     """Everything one federated run needs; ``method_args`` holds the method's own options.
 
+    ``seed`` drives everything of a run (initialisation, client sampling, batch order); ``data_seed`` fixes
+    the world methods are compared on (the zoo base model, the task data, the partition and which device
+    each client has), so runs of several seeds share their data unless asked otherwise.
     ``threads``: torch intra-op threads (1 is fastest for the tiny models on a small CPU; raise it
     for paper-scale models on a CPU).
     """
@@ -79,6 +99,7 @@ class RunConfig:
     name: str = "run"
     method: str = "fedit"
     seed: int = 0
+    data_seed: int = 0
     scale: str = "default"
     threads: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -96,6 +117,8 @@ class RunConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
+# The generic sizes of a scale, used where a config file gives no ``scales:`` block for it (and for runs
+# without a file): the study configs in reproduce/configs/ write their own blocks.
 SCALE_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "model.scale": "smoke",
@@ -124,61 +147,257 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Lower bounds of numeric fields: (key, bound, strict); every listed value must be >= (or >) the bound.
+_LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
+    ("seed", 0, False), ("data_seed", 0, False), ("threads", 1, False),
+    ("data.n_train", 1, False), ("data.n_test", 1, False), ("data.alpha", 0, True),
+    ("data.domains_per_client", 1, False),
+    ("fed.num_clients", 1, False), ("fed.clients_per_round", 1, False), ("fed.rounds", 1, False),
+    ("fed.local_steps", 1, False), ("fed.batch_size", 1, False), ("fed.lr", 0, True),
+    ("fed.max_length", 8, False), ("fed.eval_every", 1, False), ("fed.eval_batch_size", 1, False),
+    ("cost.server_seconds", 0, False), ("cost.tokens_scale", 0, True),
+)
+COST_MODES = ("trained", "projection")
 
-def _parse_value(text: str) -> Any:
-    """Read a CLI override value with YAML rules (numbers, booleans, null, lists, dicts)."""
-    return yaml.safe_load(text) if text.strip() else ""
+
+# ------------------------------------------------------------------------------------------- types
 
 
-def apply_overrides(cfg: RunConfig, overrides: dict[str, Any] | list[str] | None) -> RunConfig:
-    """Return a copy of ``cfg`` with dotted-key overrides applied.
+def bad_value(key: str, value: Any, expected: str, example: Any) -> ConfigError:
+    """The kit's one-line message for a bad value: key, value, what is expected and an example fix."""
+    shown = json.dumps(example) if not isinstance(example, str) else example
+    return ConfigError(f"config key {key}={value!r} is invalid: expected {expected} (fix: e.g. --set {key}={shown})")
 
-    ``overrides`` is a dict (``{"fed.rounds": 5}``) or a list of ``"fed.rounds=5"`` strings.
-    Unknown keys raise a ``KeyError`` that lists the valid ones; ``method_args.*`` keys are free-form.
+
+def _describe(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict:
+        return "a mapping of option names to values"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation, "a value")
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite number if it is one or spells one (``"1e-4"``, ``".5"``); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def coerce_value(key: str, value: Any, annotation: Any, example: Any = None) -> Any:
+    """``value`` checked against a field's type annotation: the value itself, or a number spelled as a string
+    (YAML reads ``1e-4`` as text) converted; anything else is a :class:`ConfigError` naming ``key``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce_value(key, value, option, example)
+            except ConfigError:
+                pass
+        raise bad_value(key, value, _describe(annotation), example)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise bad_value(key, value, _describe(annotation), example if example is not None else [])
+        return [coerce_value(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad_value(key, value, _describe(annotation), "{}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad_value(key, value, "true or false", "true")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise bad_value(key, value, "a string", example if example is not None else "name")
+    number = _number(value)
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if number is not None and number.is_integer():
+            return int(number)
+        raise bad_value(key, value, "an integer", example if example is not None else 1)
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and number is not None:
+            return value  # an int stays an int, so a config's digest does not depend on the spelling 16 vs 16.0
+        if number is not None:
+            return number
+        raise bad_value(key, value, "a finite number (e.g. 1e-4, 0.5)", example if example is not None else 0.5)
+    raise TypeError(f"config field {key} has an annotation the checker does not handle: {annotation!r}")
+
+
+def coerce_fields(cls: type, values: Any, prefix: str, owner: str) -> dict[str, Any]:
+    """Check a mapping of ``values`` against the fields of dataclass ``cls``: unknown keys and values of the
+    wrong type are :class:`ConfigError`; returns the values with numbers spelled as strings converted.
+
+    ``prefix`` (``"fed."``, ``"method_args."``) and ``owner`` (``"section fed"``) make the messages precise.
     """
-    if not overrides:
-        return cfg
-    if isinstance(overrides, list):
-        overrides = dict(_split_override(item) for item in overrides)
-    data = cfg.to_dict()
-    for key, value in overrides.items():
-        parts = key.split(".")
-        node = data
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            free_form = parts[0] == "method_args"
-            if not isinstance(node, dict) or (part not in node and not (free_form and i > 0)):
-                valid = sorted(node) if isinstance(node, dict) else []
-                raise KeyError(f"unknown config key {key!r}: {part!r} is not one of {valid}")
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-    return from_dict(data)
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{owner} must be a mapping of keys to values, got {values!r} "
+                          f"(fix: e.g. {prefix.rstrip('.')}: {{...}} in YAML)")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} in {owner}; valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in values.items():
+        default = fields[name].default
+        example = default if default is not dataclasses.MISSING and default is not None else None
+        if dataclasses.is_dataclass(hints[name]):
+            out[name] = hints[name](**coerce_fields(hints[name], value, f"{prefix}{name}.", f"section {name}"))
+        else:
+            out[name] = coerce_value(prefix + name, value, hints[name], example)
+    return out
+
+
+# -------------------------------------------------------------------------------------- validation
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range-check ``cfg`` and look up every name it gives (method and its options, fleet, suite, partition,
+    zoo model, projection, paths); raise :class:`ConfigError` on the first problem. Loads nothing big."""
+    if cfg.scale not in SCALES:
+        raise bad_value("scale", cfg.scale, f"one of {SCALES}", "smoke")
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+        raise bad_value("name", cfg.name, "a non-empty run name without path separators (it names a folder)",
+                        "my-run")
+    for key, bound, strict in _LOWER_BOUNDS:
+        value = _get(cfg, key)
+        if value < bound or (strict and value == bound):
+            expected = f"a number {'>' if strict else '>='} {bound}"
+            raise bad_value(key, value, expected, _get(RunConfig(), key))
+    fed = cfg.fed
+    if fed.clients_per_round > fed.num_clients:
+        raise bad_value("fed.clients_per_round", fed.clients_per_round,
+                        f"at most fed.num_clients={fed.num_clients} (clients sampled per round)", fed.num_clients)
+    if cfg.data.n_train < fed.num_clients:
+        raise bad_value("data.n_train", cfg.data.n_train,
+                        f"at least one training example per client (fed.num_clients={fed.num_clients})",
+                        max(fed.num_clients, DataConfig.n_train))
+    _check_cost(cfg.cost)
+    _check_model(cfg.model)
+    _check_data(cfg.data)
+    cfg.method_args = _check_method(cfg.method, cfg.method_args)
+    return cfg
+
+
+def _get(cfg: RunConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_cost(cost: CostConfig) -> None:
+    from fedmoe.fl.devices import get_fleet
+    from fedmoe.fl.paper_configs import paper_arch
+
+    try:
+        get_fleet(cost.fleet)
+    except KeyError as err:
+        raise ConfigError(f"config key cost.fleet={cost.fleet!r} is invalid: {err.args[0]}") from None
+    if cost.mode not in COST_MODES:
+        raise bad_value("cost.mode", cost.mode, f"one of {COST_MODES}", "projection")
+    if cost.mode == "projection" and cost.projection is None:
+        raise bad_value("cost.projection", None, "a paper architecture name when cost.mode=projection",
+                        "olmoe-1b-7b")
+    if cost.mode == "trained" and cost.projection is not None:
+        raise ConfigError(f"config key cost.projection={cost.projection!r} does not apply with cost.mode=trained "
+                          "(fix: --set cost.mode=projection, or --set cost.projection=null)")
+    if cost.projection is not None:
+        try:
+            paper_arch(cost.projection)
+        except KeyError as err:
+            raise ConfigError(f"config key cost.projection={cost.projection!r} is invalid: {err.args[0]}") from None
+
+
+def _check_model(model: ModelConfig) -> None:
+    if model.path is not None:
+        path = Path(model.path).expanduser()
+        if not path.is_dir():
+            raise bad_value("model.path", model.path, "an existing local Hugging Face checkpoint directory "
+                            "(config.json + weights), or null for a zoo model", "/data/OLMoE-1B-7B-0924")
+        return
+    from fedmoe.moe.zoo import SCALES as ZOO_SCALES
+    from fedmoe.moe.zoo import ZOO
+
+    if model.name not in ZOO:
+        raise bad_value("model.name", model.name, f"a zoo model, one of {sorted(ZOO)} (or set model.path)",
+                        "tiny-mixtral")
+    if model.scale == "paper":
+        raise ConfigError("scale=paper runs a real checkpoint: model.path is not set (fix: e.g. --set "
+                          "model.path=/data/OLMoE-1B-7B-0924, a local Hugging Face MoE checkpoint)")
+    if model.scale not in ZOO_SCALES:
+        raise bad_value("model.scale", model.scale, f"a zoo scale, one of {sorted(ZOO_SCALES)}", "default")
+
+
+def _check_data(data: DataConfig) -> None:
+    from fedmoe.data.loaders import SUFFIXES
+    from fedmoe.data.offline import SUITES
+    from fedmoe.data.partition import SCHEMES
+
+    if data.partition not in SCHEMES:
+        raise bad_value("data.partition", data.partition, f"one of {SCHEMES}", "dirichlet")
+    if data.source is None:
+        if data.suite not in SUITES:
+            raise bad_value("data.suite", data.suite, f"an offline suite, one of {SUITES} (or set data.source)",
+                            "gsm")
+        return
+    path = Path(data.source).expanduser()
+    if path.suffix.lower() in SUFFIXES or data.source.startswith((".", "/", "~")):
+        if not path.is_file():
+            raise bad_value("data.source", data.source, f"an existing {'/'.join(SUFFIXES)} file or a Hub dataset "
+                            "name", "data/gsm8k_train.jsonl")
+        if path.suffix.lower() not in SUFFIXES:
+            raise bad_value("data.source", data.source, f"a file ending in one of {SUFFIXES}",
+                            "data/gsm8k_train.jsonl")
+
+
+def _check_method(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    from fedmoe.methods.base import available_methods, check_method_args
+
+    if method not in available_methods():
+        raise bad_value("method", method, f"a registered method, one of {available_methods()}", "fedit")
+    return check_method_args(method, args)
+
+
+# ----------------------------------------------------------------------------------------- loading
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build a :class:`RunConfig` from a (possibly partial) nested dict; unknown keys are an error."""
-    data = dict(data)
-    sections = {"model": ModelConfig, "data": DataConfig, "fed": FedConfig, "cost": CostConfig}
-    kwargs: dict[str, Any] = {}
-    valid = {f.name for f in dataclasses.fields(RunConfig)}
-    for key, value in data.items():
-        if key not in valid:
-            raise KeyError(f"unknown config key {key!r}; valid top-level keys: {sorted(valid)}")
-        if key in sections:
-            cls = sections[key]
-            names = {f.name for f in dataclasses.fields(cls)}
-            bad = set(value or {}) - names
-            if bad:
-                raise KeyError(f"unknown key(s) {sorted(bad)} in section {key!r}; valid: {sorted(names)}")
-            kwargs[key] = cls(**(value or {}))
-        else:
-            kwargs[key] = value
-    cfg = RunConfig(**kwargs)
-    if cfg.scale not in SCALES:
-        raise ValueError(f"unknown scale {cfg.scale!r}; use one of {SCALES}")
-    return cfg
+    """Build and validate a :class:`RunConfig` from a (possibly partial) nested dict."""
+    return validate(RunConfig(**coerce_fields(RunConfig, data, "", "the config")))
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any] | list[str] | None) -> RunConfig:
+    """Return a validated copy of ``cfg`` with dotted-key overrides applied.
+
+    ``overrides`` is a dict (``{"fed.rounds": 5}``) or a list of ``"fed.rounds=5"`` strings. Unknown keys
+    are a :class:`ConfigError` that lists the valid ones; ``method_args.*`` keys are the method's options.
+    """
+    if not overrides:
+        return cfg
+    return from_dict(_merge(cfg.to_dict(), _nest(_as_dict(overrides))))
 
 
 def load_config(
@@ -187,36 +406,137 @@ def load_config(
     *,
     scale: str | None = None,
 ) -> RunConfig:
-    """Load a run config: defaults <- YAML file <- scale preset <- overrides.
+    """Load a validated run config: defaults < file top level < file's scale block (else the generic
+    preset) < overrides (see the module docstring).
 
-    A YAML file describes an experiment at the default scale; the ``smoke`` and ``paper`` presets then
-    resize it (clients, rounds, data sizes), and explicit overrides win over everything. The scale is
-    taken from ``scale=``, else a ``scale`` override, else the file, else ``default``.
+    The scale is taken from ``scale=``, else a ``scale`` override, else the file, else ``default``.
     """
     file_data: dict[str, Any] = {}
+    label = "the overrides"
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist (configs live in reproduce/configs/)")
-        file_data = yaml.safe_load(path.read_text()) or {}
-    if isinstance(overrides, list):
-        overrides = dict(_split_override(item) for item in overrides)
-    overrides = dict(overrides or {})
+        path, label = Path(path), str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (configs live in reproduce/configs/)")
+        try:
+            file_data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f", line {where.line + 1}" if where else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)}); "
+                              "fix the file's syntax") from None
+        if not isinstance(file_data, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys (e.g. 'method: fedit'), "
+                              f"got {type(file_data).__name__}")
+    file_data = dict(file_data)
+    blocks = _scale_blocks(file_data.pop("scales", None), label)
+    for layer in (file_data, *map(_nest, blocks.values())):
+        coerce_fields(RunConfig, layer, "", label)  # keys and types of each layer, before layers merge
+    overrides = _as_dict(overrides)
     chosen = scale or overrides.pop("scale", None) or file_data.get("scale") or "default"
     overrides.pop("scale", None)
     if chosen not in SCALES:
-        raise ValueError(f"unknown scale {chosen!r}; use one of {SCALES}")
-    cfg = from_dict({**file_data, "scale": chosen})
-    cfg = apply_overrides(cfg, SCALE_PRESETS[chosen])
-    return apply_overrides(cfg, overrides)
+        raise bad_value("scale", chosen, f"one of {SCALES}", "smoke")
+    explicit = _flatten(_nest(overrides))
+    top = {k: v for k, v in _flatten(file_data).items() if k not in explicit}  # explicit overrides decide those
+    for name, block in blocks.items():
+        _no_conflict(top, block, f"{label}: {{key}} is set at the top level ({{a!r}}) and in scales.{name} "
+                     f"({{b!r}}), so the top-level value would not apply at scale {name}; write it in each scale "
+                     "block instead")
+    sizes = blocks.get(chosen)
+    if sizes is None:
+        sizes = SCALE_PRESETS[chosen]
+        _no_conflict(top, sizes, f"{label}: {{key}}={{a!r}} would be replaced by the generic {chosen} preset "
+                     f"({{key}}={{b!r}}); give the file a 'scales: {{{{{chosen}: ...}}}}' block holding it, drop "
+                     "it, or pass it as an override (--set)")
+    merged = _merge(file_data, {"scale": chosen}, _nest(sizes), _nest(overrides))
+    return from_dict(merged)
+
+
+def _scale_blocks(blocks: Any, label: str) -> dict[str, dict[str, Any]]:
+    """The file's ``scales:`` blocks, flattened to dotted keys and checked."""
+    if blocks is None:
+        return {}
+    if not isinstance(blocks, dict) or set(blocks) - set(SCALES):
+        raise ConfigError(f"{label}: 'scales' must map scale names {SCALES} to blocks of sizes, got "
+                          f"{sorted(blocks) if isinstance(blocks, dict) else blocks!r}")
+    out = {}
+    for name, block in blocks.items():
+        if not isinstance(block, dict):
+            raise ConfigError(f"{label}: scales.{name} must be a mapping of config keys, got {block!r}")
+        flat = _flatten(block)
+        for key in flat:
+            if key.split(".")[0] in ("scale", "scales"):
+                raise ConfigError(f"{label}: scales.{name} cannot set {key!r} (a block is the sizes of its scale)")
+        out[name] = flat
+    return out
+
+
+def _no_conflict(top: dict[str, Any], layer: dict[str, Any], message: str) -> None:
+    """Raise if ``layer`` would replace a value ``top`` writes by a different one."""
+    for key, b in layer.items():
+        if key in top and not _same(top[key], b):
+            raise ConfigError(message.format(key=key, a=top[key], b=b))
+
+
+def _same(a: Any, b: Any) -> bool:
+    na, nb = _number(a), _number(b)
+    return a == b or (na is not None and na == nb)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"fed": {"rounds": 3}}`` -> ``{"fed.rounds": 3}`` (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"fed.rounds": 3}`` -> ``{"fed": {"rounds": 3}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested dicts, later layers winning key by key."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = _merge(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def _as_dict(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    if isinstance(overrides, list | tuple):
+        return dict(_split_override(item) for item in overrides)
+    return dict(overrides or {})
 
 
 def _split_override(item: str) -> tuple[str, Any]:
-    """``"fed.rounds=5"`` -> ``("fed.rounds", 5)``."""
+    """``"fed.rounds=5"`` -> ``("fed.rounds", 5)``; values are read with YAML rules."""
     if "=" not in item:
-        raise ValueError(f"override {item!r} is not of the form key=value (e.g. fed.rounds=5)")
+        raise ConfigError(f"override {item!r} is not of the form key=value (fix: e.g. --set fed.rounds=5)")
     key, value = item.split("=", 1)
-    return key.strip(), _parse_value(value)
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML (fix: quote it, e.g. "
+                          f"--set '{key.strip()}=\"{value}\"')") from None
+    return key.strip(), parsed
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

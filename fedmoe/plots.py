@@ -36,6 +36,9 @@ def plot_runs(
     labels = list(labels) if labels is not None else [run_label(f) for f in folders]
     for folder, label in zip(folders, labels, strict=True):
         xs, ys = curve(folder, x, y)
+        if not xs:
+            raise ValueError(f"{folder} has no rounds with {y!r} to plot (fix: pick --y among the keys of its "
+                             "rounds.jsonl, e.g. score, or finish the run)")
         ax.plot(xs, ys, marker="o", ms=3, label=label)
     return _decorate(ax, x, y, target, title)
 

@@ -11,14 +11,34 @@ import yaml
 def load_rounds(folder: str | Path) -> list[dict]:
     """Every round record of a run, in order (round 0 is the evaluation before training)."""
     path = Path(folder) / "rounds.jsonl"
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {folder} a run folder written by `fedmoe run`?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rounds = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rounds.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {lineno}: not a JSON round record ({err.msg}); the file is "
+                                 "damaged: re-run the config with `fedmoe run` into a new folder") from None
+            if not isinstance(rounds[-1], dict) or "round" not in rounds[-1]:
+                raise ValueError(f"{path}, line {lineno}: not a round record (no 'round' key); is {folder} a "
+                                 "run folder written by `fedmoe run`?")
+    return rounds
 
 
 def load_config_dict(folder: str | Path) -> dict:
     """The resolved config a run was made with."""
-    return yaml.safe_load((Path(folder) / "config.yaml").read_text())
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {folder} a run folder written by `fedmoe run`?")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged (not a YAML mapping of the run's config); re-run it with `fedmoe run`")
+    return data
 
 
 def load_summary(folder: str | Path) -> dict:

@@ -2,7 +2,9 @@
 
 A :class:`Federation` holds what both sides need and can derive from the run config alone: the
 base model and tokenizer, every client's data partition, the held-out test set, each client's
-device profile and the local-training settings. Because it is a pure function of the config,
+device profile and the local-training settings. The base model, the data, the partition and the devices
+derive from ``cfg.data_seed`` (the world runs are compared on); ``cfg.seed`` drives the run itself
+(initialisation, client sampling, batch order). Because it is a pure function of the config,
 a Flower client in another process rebuilds exactly the same world as the in-process engine.
 """
 
@@ -135,17 +137,19 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
     from fedmoe.moe.loading import load_base_model
 
     cfg = from_dict(_thaw(frozen_cfg))
-    model, tokenizer = load_base_model(cfg.model, seed=cfg.seed, progress=progress)
-    model.requires_grad_(False)
-    train, test = load_task_data(cfg.data, seed=cfg.seed)
+    # The world is drawn from data_seed (methods and seeds compare on it); data first, so a bad dataset fails
+    # before the model loads.
+    train, test = load_task_data(cfg.data, seed=cfg.data_seed)
     parts = partition(
         train,
         cfg.fed.num_clients,
         scheme=cfg.data.partition,
         alpha=cfg.data.alpha,
         domains_per_client=cfg.data.domains_per_client,
-        seed=cfg.seed,
+        seed=cfg.data_seed,
     )
-    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.seed,
+    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.data_seed,
                            server_seconds=cfg.cost.server_seconds)
+    model, tokenizer = load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
+    model.requires_grad_(False)
     return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)

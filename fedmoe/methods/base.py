@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fedmoe.config import ConfigError, coerce_fields
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.federation import Federation
 
@@ -49,13 +50,25 @@ def available_methods() -> list[str]:
 
 
 def parse_args(args_cls: type, args: dict[str, Any] | None, method: str):
-    """Build a method's options dataclass from ``method_args``, naming unknown keys."""
-    args = dict(args or {})
-    names = {f.name for f in dataclasses.fields(args_cls)}
-    unknown = set(args) - names
-    if unknown:
-        raise KeyError(f"unknown method_args {sorted(unknown)} for method {method!r}; valid: {sorted(names)}")
-    return args_cls(**args)
+    """Build a method's options dataclass from ``method_args``: unknown keys, wrong types and out-of-range
+    values (the dataclass's own checks) are a :class:`~fedmoe.config.ConfigError` naming the option."""
+    if not dataclasses.is_dataclass(args_cls):
+        if args:
+            raise ConfigError(f"method {method!r} takes no options, got method_args {sorted(args)} "
+                              "(fix: drop them)")
+        return args_cls()
+    values = coerce_fields(args_cls, args, "method_args.", f"the options of method {method!r}")
+    try:
+        return args_cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method_args of method {method!r}: {err}") from None
+
+
+def check_method_args(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
+    """Check ``method_args`` for the method registered as ``name`` without constructing the method; returns
+    the given options with numbers spelled as strings converted (what the config then stores)."""
+    parsed = parse_args(get_method(name).Args, args, name)
+    return {key: getattr(parsed, key) for key in (args or {})}
 
 
 class Method(ABC):

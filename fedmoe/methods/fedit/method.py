@@ -29,6 +29,10 @@ class FedITArgs:
     alpha: float = 16.0
     attention: bool = True
 
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha <= 0:
+            raise ValueError(f"rank={self.rank} and alpha={self.alpha} must be >= 1 and > 0 (e.g. rank=8, alpha=16)")
+
 
 @register("fedit")
 class FedIT(Method):

@@ -24,22 +24,16 @@ SETTINGS = {"homogeneous": "rtx-3090-24gb", "uniform": "uniform", "heavy-tail": 
 BASELINES = ("hetlora", "flexlora", "flora", "fedit")
 METHODS = ("flame", *BASELINES)
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "flame.yaml"
-ZOO_SCALE = {"default": "default-top4"}  # zoo model per run scale: top-4 gives FLAME's ladder k = 4, 2, 1
-# Federation sizes per run scale (smoke and paper take the config presets): ~20 CPU-minutes for all notebooks.
-SIZES = {"default": {"fed.num_clients": 10, "fed.clients_per_round": 5, "fed.rounds": 8, "fed.local_steps": 8,
-                     "fed.lr": 1e-2, "fed.eval_every": 4, "data.n_test": 100}}
 
 
 def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
                 overrides: dict[str, Any] | None = None, method_args: dict[str, Any] | None = None) -> RunConfig:
-    """The run config of ``method`` in compute ``setting`` at ``scale`` (``overrides``: dotted config keys)."""
+    """The run config of ``method`` in compute ``setting`` at ``scale`` (sizes: the YAML's ``scale`` block;
+    ``overrides``: dotted config keys)."""
     if setting not in SETTINGS:
         raise KeyError(f"unknown compute setting {setting!r}; choose one of {sorted(SETTINGS)}")
     over: dict[str, Any] = {"name": f"flame-{setting}", "method": method, "seed": seed,
                             "cost.fleet": SETTINGS[setting]}
-    if scale in ZOO_SCALE:
-        over["model.scale"] = ZOO_SCALE[scale]
-    over.update(SIZES.get(scale, {}))
     cfg = load_config(CONFIG, {**over, **(overrides or {})}, scale=scale)
     args = {**cfg.method_args, **(method_args or {})}
     cfg.method_args = fedit_args(cfg, args) if method == "fedit" else args
@@ -48,7 +42,7 @@ def make_config(method: str, setting: str, *, scale: str = "default", seed: int 
 
 def setting_tiers(cfg: RunConfig, args: dict[str, Any]) -> list[int]:
     """Every client's compute tier in the run ``cfg`` describes (as the methods derive it)."""
-    devices = get_fleet(cfg.cost.fleet).assign(cfg.fed.num_clients, cfg.seed)
+    devices = get_fleet(cfg.cost.fleet).assign(cfg.fed.num_clients, cfg.data_seed)
     return client_tiers(devices, args.get("tiers"), args.get("tier_tflops", DEFAULT_TIER_TFLOPS))
 
 

@@ -41,6 +41,14 @@ class FlameArgs(HeteroArgs):
     rescaler_scope: str = "tier"
     rescaler_per_layer: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, valid in (("rescaler", MODES), ("rescaler_scope", SCOPES), ("frequency", FREQUENCIES)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r}; use one of {valid}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is FedAvg)")
+
 
 @register("flame")
 class Flame(HeteroLoRA):
@@ -51,12 +59,6 @@ class Flame(HeteroLoRA):
     def __init__(self, fed, args=None):
         super().__init__(fed, args)
         a = self.args
-        for name, value, valid in (("rescaler", a.rescaler, MODES), ("rescaler_scope", a.rescaler_scope, SCOPES),
-                                   ("frequency", a.frequency, FREQUENCIES)):
-            if value not in valid:
-                raise ValueError(f"method_args.{name}={value!r}; use one of {valid}")
-        if a.temperature < 0:
-            raise ValueError(f"method_args.temperature={a.temperature} must be >= 0 (0 is FedAvg)")
         self._moe_index = moe_index_of_prefix(self._server)
         self._scales = len(moe_layers(self._server)) if a.rescaler_per_layer else 1
         self.rescales: dict[str, list[float]] = {}

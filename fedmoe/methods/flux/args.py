@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedmoe.moe.quant import SCHEMES
+
 MERGE_BUDGETS = ("layer_aware", "uniform", "one_per_layer")
 MERGE_WEIGHTS = ("freq_attention", "frequency")
 EPS_SCHEDULES = ("linear", "fixed")
@@ -55,5 +57,7 @@ class FluxArgs:
         for name in ("tune_memory_share", "max_tune_fraction", "eps_start", "eps_end", "eps_fixed"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1]")
+        if self.profile_scheme not in SCHEMES:
+            raise ValueError(f"profile_scheme={self.profile_scheme!r}; choose one of {SCHEMES}")
         if self.profile_examples < 1 or self.pca_dim < 1 or self.zo_probes < 0 or self.zo_sigma <= 0:
             raise ValueError("need profile_examples >= 1, pca_dim >= 1, zo_probes >= 0 and zo_sigma > 0")

@@ -1,8 +1,7 @@
 """FLUX's experiments as functions (the notebooks and ``reproduce/bench_flux.py`` narrate and print them).
 
 Every run goes through :func:`fedmoe.experiment.run` (finished runs are reused), configured from
-``reproduce/configs/flux.yaml`` plus per-scale sizes (:data:`SCALE_SETTINGS`). Tables are computed from run
-folders only.
+``reproduce/configs/flux.yaml`` (which holds the sizes of every scale). Tables are computed from run folders only.
 """
 
 from __future__ import annotations
@@ -22,21 +21,15 @@ METHODS = ("flux", "fmd", "fmq", "fmes", "fedit-nf4")
 BASELINES = ("fmd", "fmq", "fmes", "fedit-nf4")
 SUITES = ("dolly", "gsm", "mmlu")
 
-# Sizes per scale (everything else from the YAML and the scale preset). ``paper`` expects model.path /
-# data.source to be set by the caller (real checkpoints and datasets by path).
-SCALE_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": {"fed.rounds": 1, "fed.local_steps": 1, "fed.num_clients": 4, "fed.clients_per_round": 2,
-              "data.n_test": 16},
-    "default": {"fed.rounds": 6, "fed.local_steps": 8, "data.n_train": 600, "data.n_test": 64,
-                "fed.eval_every": 1},
-    "paper": {"fed.rounds": 30},
-}
 
 
 def flux_config(method: str, suite: str = "gsm", *, scale: str = "default", seed: int = 0,
                 overrides: dict[str, Any] | None = None, method_args: dict[str, Any] | None = None):
-    """The run config of ``method`` on ``suite`` at ``scale`` (YAML <- scale sizes <- ``overrides``)."""
-    over = {"method": method, "seed": seed, "data.suite": suite, **SCALE_SETTINGS[scale], **(overrides or {})}
+    """The run config of ``method`` on ``suite`` at ``scale`` (the YAML with its ``scale`` block <- ``overrides``).
+
+    ``paper`` expects ``model.path`` (and ``data.source``) in ``overrides``: real checkpoints and datasets.
+    """
+    over = {"method": method, "seed": seed, "data.suite": suite, **(overrides or {})}
     if method_args:
         over["method_args"] = dict(method_args)
     return load_config(CONFIG, over, scale=scale)

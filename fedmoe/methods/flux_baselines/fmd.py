@@ -19,6 +19,10 @@ class FMDArgs:
 
     transfers_per_step: int = 3
 
+    def __post_init__(self) -> None:
+        if self.transfers_per_step < 1:
+            raise ValueError(f"transfers_per_step={self.transfers_per_step} must be >= 1 (e.g. 3)")
+
 
 @register("fmd")
 class FMD(ExpertMethod):

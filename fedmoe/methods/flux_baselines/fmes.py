@@ -16,6 +16,7 @@ from fedmoe.methods.flux.experts import ExpertMethod, expert_tensors, load_fused
 from fedmoe.methods.flux.method import profile_subset
 from fedmoe.methods.flux.profiling import example_batches, quantized_profile
 from fedmoe.moe.layers import moe_layers
+from fedmoe.moe.quant import SCHEMES
 from fedmoe.moe.surgery import keep_experts
 
 
@@ -26,6 +27,11 @@ class FMESArgs:
 
     profile_examples: int = 32
     profile_scheme: str = "nf4"
+
+    def __post_init__(self) -> None:
+        if self.profile_examples < 1 or self.profile_scheme not in SCHEMES:
+            raise ValueError(f"profile_examples={self.profile_examples} must be >= 1 and profile_scheme="
+                             f"{self.profile_scheme!r} one of {SCHEMES}")
 
 
 @register("fmes")

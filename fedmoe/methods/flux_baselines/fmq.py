@@ -10,7 +10,7 @@ from fedmoe.fl.contract import ClientTask
 from fedmoe.methods.base import register
 from fedmoe.methods.flux.experts import load_fused_state
 from fedmoe.methods.flux_baselines.fmd import FMD
-from fedmoe.moe.quant import quantize_model
+from fedmoe.moe.quant import SCHEMES, quantize_model
 
 
 @dataclass
@@ -22,6 +22,11 @@ class FMQArgs:
     quantize_linears: bool = True
     eval_quantized: bool = True
     transfers_per_step: int = 3
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES or self.transfers_per_step < 1:
+            raise ValueError(f"scheme={self.scheme!r} must be one of {SCHEMES} and transfers_per_step="
+                             f"{self.transfers_per_step} >= 1")
 
 
 @register("fmq")

@@ -41,6 +41,14 @@ class HeteroArgs:
     tiers: list[int] | None = None
     tier_tflops: list[float] = field(default_factory=lambda: list(DEFAULT_TIER_TFLOPS))
 
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha <= 0:
+            raise ValueError(f"rank={self.rank} and alpha={self.alpha} must be >= 1 and > 0 (e.g. rank=8, alpha=16)")
+        if self.tiers is not None and any(t < 0 for t in self.tiers):
+            raise ValueError(f"tiers={self.tiers} must be >= 0 (0 = strongest), or null to derive them from devices")
+        if list(self.tier_tflops) != sorted(self.tier_tflops, reverse=True) or any(t <= 0 for t in self.tier_tflops):
+            raise ValueError(f"tier_tflops={self.tier_tflops} must be positive and descending (e.g. [60, 20])")
+
 
 class HeteroLoRA(Method):
     """Base of FLAME, HetLoRA, FlexLoRA and FLoRA (see module docstring); subclasses plan and aggregate."""
