@@ -94,8 +94,10 @@ def test_retention_is_a_per_seed_ratio_paired_by_seed(tmp_path):
     with pytest.raises(ValueError, match="same seeds"):
         st.retention_per_seed(hard[:2], iid)
     zero = [_run_folder(tmp_path, "hetlora", "iid", 0, [0.0, 0.0])]
-    with pytest.raises(ValueError, match="scores 0 IID"):
-        st.retention_per_seed([hard[0]], zero)
+    assert math.isnan(st.retention_per_seed([hard[0]], zero)[0])  # a 0 IID score: the ratio is undefined
+    undefined = st.mean_ci_defined([math.nan, math.nan])
+    assert math.isnan(undefined.mean) and not undefined.defined and undefined.n == 2
+    assert st.mean_ci_defined([0.5, math.nan, 0.7]).mean == pytest.approx(0.6)
 
 
 def test_load_cv_uses_the_second_half_of_rounds_and_the_reduction_is_paired(tmp_path):

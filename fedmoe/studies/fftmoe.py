@@ -23,6 +23,7 @@ lowers the coefficient of variation of expert load without lowering the score by
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -224,27 +225,33 @@ def _paired_by_seed(a: Sequence[Path], b: Sequence[Path]) -> list[tuple[Path, Pa
 
 
 def retention_per_seed(noniid: Sequence[Path], iid: Sequence[Path]) -> list[float]:
-    """Score at the non-IID split / score IID, for each seed (the two runs of a seed paired)."""
+    """Score at the non-IID split / score IID, for each seed (the two runs of a seed paired); nan for a seed whose
+    IID run scores 0 (its retention is undefined)."""
     ratios = []
     for hard, easy in _paired_by_seed(noniid, iid):
         base = run_score(easy)
-        if base <= 0:
-            raise ValueError(f"{easy} scores 0 IID, so its non-IID retention is undefined; run a scale whose "
-                             "models learn (e.g. default)")
-        ratios.append(run_score(hard) / base)
+        ratios.append(run_score(hard) / base if base > 0 else math.nan)
     return ratios
 
 
+def mean_ci_defined(values: Sequence[float]) -> Interval:
+    """:func:`~fedmoe.stats.mean_ci` over the defined (non-nan) values; with none, an undefined interval (nan
+    mean and bounds), which no target can pass or fail."""
+    defined = [v for v in values if not math.isnan(v)]
+    return mean_ci(defined) if defined else Interval(math.nan, math.nan, math.nan, max(len(values), 1))
+
+
 def retention(folders: dict[Cell, list[Path]], method: str) -> Interval:
-    """Non-IID retention of ``method``: score at alpha 0.1 / IID score, per seed, then its mean and interval."""
-    return mean_ci(retention_per_seed(folders[method, NONIID_SPLIT], folders[method, IID_SPLIT]))
+    """Non-IID retention of ``method``: score at alpha 0.1 / IID score, per seed, then its mean and interval
+    (seeds with an undefined ratio left out)."""
+    return mean_ci_defined(retention_per_seed(folders[method, NONIID_SPLIT], folders[method, IID_SPLIT]))
 
 
 def retention_lead(folders: dict[Cell, list[Path]], baseline: str) -> Interval:
     """FFT-MoE's retention minus ``baseline``'s, paired by seed (each seed's two ratios differenced)."""
     ours = retention_per_seed(folders[METHOD, NONIID_SPLIT], folders[METHOD, IID_SPLIT])
     theirs = retention_per_seed(folders[baseline, NONIID_SPLIT], folders[baseline, IID_SPLIT])
-    return mean_ci(np.subtract(ours, theirs))
+    return mean_ci_defined(list(np.subtract(ours, theirs)))
 
 
 def run_load_cv(folder: str | Path) -> float:
