@@ -10,7 +10,7 @@ import pytest
 from fedmoe.config import save_config
 from fedmoe.fl.pricing import lora_params
 from fedmoe.methods.fftmoe.budget import adapter_params
-from fedmoe.stats import MET
+from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval, judge_target
 from fedmoe.studies import fftmoe as st
 from fedmoe.studies.evidence import run_score
 
@@ -152,3 +152,9 @@ def test_targets_and_head_to_head_from_hand_made_runs(tmp_path):
     h2h = st.head_to_head(folders)
     assert [r.method for r in h2h] == list(st.METHODS)
     assert h2h[0].columns["split"] == "dirichlet alpha=1" and h2h[0].columns["trainable params"] > 0
+
+
+def test_strict_targets_need_the_whole_interval_above_zero():
+    assert judge_target(Interval(0.03, 0.0, 0.06, 3), st.ABOVE_ZERO) == UNRESOLVED  # touching 0 is no lead
+    assert judge_target(Interval(0.03, 0.001, 0.06, 3), st.ABOVE_ZERO) == MET
+    assert judge_target(Interval(-0.01, -0.02, 0.0, 3), st.ABOVE_ZERO) == FAILED
