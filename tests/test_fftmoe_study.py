@@ -158,3 +158,20 @@ def test_strict_targets_need_the_whole_interval_above_zero():
     assert judge_target(Interval(0.03, 0.0, 0.06, 3), st.ABOVE_ZERO) == UNRESOLVED  # touching 0 is no lead
     assert judge_target(Interval(0.03, 0.001, 0.06, 3), st.ABOVE_ZERO) == MET
     assert judge_target(Interval(-0.01, -0.02, 0.0, 3), st.ABOVE_ZERO) == FAILED
+
+
+def test_personalised_scores_cover_every_local_test_item_and_are_cached(tmp_path):
+    from fedmoe.experiment import run
+
+    cfg = st.cell_config("fftmoe", "alpha1", "smoke")
+    folder = run(cfg, out_dir=tmp_path, progress=False)
+    result = st.personalised_scores(folder)
+    assert sum(row["n"] for row in result["clients"].values()) == cfg.data.n_test  # local splits partition the test set
+    for row in result["clients"].values():
+        assert 0.0 <= row["personalised"] <= 1.0 and 0.0 <= row["global"] <= 1.0
+    assert result["personalised"] == pytest.approx(np.mean([r["personalised"] for r in result["clients"].values()]))
+    (folder / st.PERSONALISED_FILE).write_text(json.dumps({**result, "personalised": -1.0}))
+    assert st.personalised_scores(folder)["personalised"] == -1.0  # read back, not recomputed
+    baseline = run(st.cell_config("fedit", "alpha1", "smoke"), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="personalised models are FFT-MoE's"):
+        st.personalised_scores(baseline)
