@@ -48,7 +48,7 @@ from fedmoe.studies.evidence import (
 from fedmoe.studies.grid import run_configs, with_seeds
 
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "fftmoe.yaml"
-COMMAND = "python reproduce/bench_fftmoe.py  (notebooks/fftmoe/)"
+COMMAND = "python reproduce/bench_fftmoe.py"
 PAPER = "FFT-MoE"
 
 METHOD = "fftmoe"
@@ -352,10 +352,32 @@ def personalised_scores(folder: str | Path) -> dict[str, Any]:
     return result
 
 
-def personalised_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = tuple(SPLITS)
-                       ) -> dict[str, dict[str, Interval]]:
+def personalise_all(folders: Sequence[Path], jobs: int | None = None) -> None:
+    """Compute (and cache) :func:`personalised_scores` of every run not yet scored, in ``jobs`` worker
+    processes (default :func:`~fedmoe.studies.grid.default_jobs`) with one torch thread each."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fedmoe.studies.grid import default_jobs
+
+    todo = [f for f in folders if not (Path(f) / PERSONALISED_FILE).is_file()]
+    jobs = min(jobs or default_jobs(), len(todo))
+    if jobs <= 1:
+        for folder in todo:
+            personalised_scores(folder)
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(personalised_scores, todo))
+
+
+def personalised_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = tuple(SPLITS),
+                       jobs: int | None = None) -> dict[str, dict[str, Interval]]:
     """``{split: {"personalised", "global", "personalised - global"}}``: FFT-MoE's mean local-test score per
-    client over seeds, both ways, and their paired difference (per seed)."""
+    client over seeds, both ways, and their paired difference (per seed); runs not yet scored are scored in
+    ``jobs`` parallel processes."""
+    personalise_all([f for split in splits for f in folders[METHOD, split]], jobs)
     out = {}
     for split in splits:
         rows = [personalised_scores(f) for f in folders[METHOD, split]]
@@ -391,8 +413,8 @@ def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
     rows.append(TargetRow(
         PAPER, "auxiliary loss lowers the expert-load CV", reduction, "> 0", judge_target(reduction, ABOVE_ZERO),
         COMMAND,
-        note=f"CV(aux off) - CV(aux on), paired by seed, pooled over {', '.join(AUX_SPLITS)}",
-        seeds=reduction.n, scale=1.0, digits=3))
+        note=f"CV(aux off) - CV(aux on), paired by seed, {reduction.n} pairs pooled over {', '.join(AUX_SPLITS)}",
+        seeds=seeds, scale=1.0, digits=3))
     for split in AUX_SPLITS:
         diff = compare(folders[METHOD, split], folders[NO_AUX, split]).difference
         rows.append(TargetRow(
