@@ -1,0 +1,435 @@
+"""The FFT-MoE study: FFT-MoE against FedIT and HetLoRA at matched trainable parameters, over data splits and
+seeds, with its auxiliary-loss ablation and its top-K heterogeneity sweep.
+
+Shared by ``notebooks/fftmoe`` and ``reproduce/bench_fftmoe.py``. The grid is one dict of *cells*
+``(variant, split) -> [run config per seed]``, run with one :func:`~fedmoe.studies.grid.run_configs` call:
+
+- every method of :data:`METHODS` on every split of :data:`SPLITS` (IID, Dirichlet alpha 10 / 1 / 0.3 / 0.1,
+  pathological);
+- ``fftmoe-noaux`` (auxiliary loss off) on :data:`AUX_SPLITS`; the aux-on runs are the main grid's;
+- ``fftmoe-k<K>`` (every client tier 0 at ``top_k = K``) for K in :data:`K_VALUES` on :data:`K_SPLIT`; the
+  mixed-tier runs (K by the device's compute tier) are the main grid's ``fftmoe`` on that split.
+
+Budgets are matched, not claimed: both LoRA baselines hold the same global rank-8 LoRA (experts and q/v) and
+FFT-MoE's expert width ``b`` is :func:`~fedmoe.methods.fftmoe.budget.bottleneck_for_budget` of FedIT's
+trainable parameters on the trained architecture (:func:`matched_bottleneck`).
+
+Targets (README of the method, issue text): FFT-MoE at least matches the best baseline on every split (a paired
+difference above -5 points, the resolution the kit's test sets are sized for) and leads under alpha <= 0.3; its
+non-IID retention (score at alpha 0.1 / IID score, per seed) is higher than each baseline's; the auxiliary loss
+lowers the coefficient of variation of expert load without lowering the score by more than 5 points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fedmoe
+from fedmoe.config import RunConfig, from_dict, load_config, validate
+from fedmoe.report import HeadToHeadRow, TargetRow
+from fedmoe.results import load_config_dict, load_rounds
+from fedmoe.stats import Interval, judge_target, mean_ci
+from fedmoe.studies.evidence import (
+    Comparison,
+    best_by_mean,
+    compare,
+    head_to_head_row,
+    run_score,
+    score_interval,
+    seed_of,
+)
+from fedmoe.studies.grid import run_configs, with_seeds
+
+CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "fftmoe.yaml"
+COMMAND = "python reproduce/bench_fftmoe.py"
+PAPER = "FFT-MoE"
+
+METHOD = "fftmoe"
+BASELINES = ("fedit", "hetlora")
+METHODS = (METHOD, *BASELINES)
+#: The baselines' options: one global rank-8 LoRA on the experts and the q/v projections (HetLoRA: rank by tier).
+BASELINE_ARGS: dict[str, dict[str, Any]] = {
+    "fedit": {"rank": 8, "alpha": 16.0, "attention": True},
+    "hetlora": {"rank": 8, "alpha": 16.0, "attention": True},
+}
+#: Split name -> config overrides (the partition of the training data over clients).
+SPLITS: dict[str, dict[str, Any]] = {
+    "iid": {"data.partition": "iid"},
+    "alpha10": {"data.partition": "dirichlet", "data.alpha": 10.0},
+    "alpha1": {"data.partition": "dirichlet", "data.alpha": 1.0},
+    "alpha0.3": {"data.partition": "dirichlet", "data.alpha": 0.3},
+    "alpha0.1": {"data.partition": "dirichlet", "data.alpha": 0.1},
+    "pathological": {"data.partition": "pathological"},
+}
+#: Splits where FFT-MoE must lead (the paper's non-IID claim: alpha <= 0.3).
+LEAD_SPLITS = ("alpha0.3", "alpha0.1")
+IID_SPLIT, NONIID_SPLIT = "iid", "alpha0.1"
+AUX_SPLITS = ("iid", "alpha0.1")
+K_SPLIT = "alpha1"
+K_VALUES = (1, 2, 4)
+#: The split whose runs stand for the study in the report's head-to-head table.
+HEAD_TO_HEAD_SPLIT = "alpha1"
+NO_AUX = "fftmoe-noaux"
+#: "Matches" margin: a paired difference above -5 points (what the kit's test sets are sized to resolve).
+MATCH_MARGIN = -0.05
+PERSONALISED_FILE = "personalised.json"
+#: The goal of a strict "> 0" target for :func:`~fedmoe.stats.judge_target` (MET when ``lo >= goal``): the
+#: smallest positive float, so an interval touching 0 is not a lead, and one lying at or below 0 fails.
+ABOVE_ZERO = math.nextafter(0.0, 1.0)
+
+Cell = tuple[str, str]  # (variant, split)
+
+
+def k_variant(k: int) -> str:
+    """The variant name of the K sweep's run with every client at ``top_k = k``."""
+    return f"fftmoe-k{k}"
+
+
+def split_key(split: str) -> str:
+    """A split's name as it appears in ``key value`` lines (``alpha0.3`` -> ``alpha0_3``)."""
+    return split.replace(".", "_")
+
+
+# ------------------------------------------------------------------------------------------------ budgets
+
+
+def base_architecture(cfg: RunConfig):
+    """The HF config of ``cfg``'s base model, without loading or pretraining it (zoo: the scale's architecture;
+    ``model.path``: the checkpoint's ``config.json``)."""
+    if cfg.model.path:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(cfg.model.path)
+    from fedmoe.moe.families import tiny_config
+    from fedmoe.moe.zoo import SCALES, ZOO
+
+    return tiny_config(ZOO[cfg.model.name], **SCALES[cfg.model.scale].model_kwargs())
+
+
+def matched_bottleneck(cfg: RunConfig, num_experts: int) -> tuple[int, int]:
+    """``(b, fedit_params)``: FedIT's trainable parameters on ``cfg``'s architecture and the FFT-MoE expert width
+    whose adapter comes closest to them."""
+    from fedmoe.fl.pricing import lora_params
+    from fedmoe.methods.fftmoe.budget import bottleneck_for_budget
+
+    arch = base_architecture(cfg)
+    fedit = BASELINE_ARGS["fedit"]
+    params = lora_params(arch, fedit["rank"], attention=fedit["attention"]).total
+    return bottleneck_for_budget(arch, num_experts, params), params
+
+
+def methods_args(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """``{method: method_args}`` of the three methods at an FFT-MoE ``cfg`` (FFT-MoE budget-matched), for
+    :func:`fedmoe.methods.fftmoe.budget.budget_table`."""
+    return {METHOD: fftmoe_args(cfg), **{m: dict(a) for m, a in BASELINE_ARGS.items()}}
+
+
+def fftmoe_args(cfg: RunConfig) -> dict[str, Any]:
+    """FFT-MoE's options at an FFT-MoE ``cfg``: its own, with the budget-matched bottleneck."""
+    if cfg.method != METHOD:
+        raise ValueError(f"fftmoe_args needs an FFT-MoE config (method: fftmoe), got method {cfg.method!r}")
+    args = dict(cfg.method_args)
+    args["bottleneck"] = matched_bottleneck(cfg, int(args.get("num_experts", 8)))[0]
+    return args
+
+
+def trainable_params(cfg: RunConfig) -> int:
+    """Trainable parameters a run's method stores and sends (the global adapter), on its trained architecture."""
+    from fedmoe.fl.pricing import lora_params
+    from fedmoe.methods.fftmoe.budget import adapter_params
+
+    arch, args = base_architecture(cfg), cfg.method_args
+    if cfg.method == METHOD:
+        return adapter_params(arch, args.get("num_experts", 8), args.get("bottleneck", 16), 1).total
+    return lora_params(arch, args["rank"], attention=args["attention"]).total
+
+
+# -------------------------------------------------------------------------------------------------- grid
+
+
+def _base(scale: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    return load_config(CONFIG, {**(overrides or {}), "method": METHOD}, scale=scale)
+
+
+def cell_config(variant: str, split: str, scale: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The run config of one grid cell (seed 0; :func:`~fedmoe.studies.grid.with_seeds` sets the seed)."""
+    if split not in SPLITS:
+        raise KeyError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+    cfg = _base(scale, {**(overrides or {}), **SPLITS[split], "name": f"fftmoe-{split}"})
+    if variant in BASELINES:
+        return validate(replace(cfg, method=variant, method_args=dict(BASELINE_ARGS[variant])))
+    args = fftmoe_args(cfg)
+    if variant == NO_AUX:
+        args["aux_loss"] = False
+    elif variant.startswith("fftmoe-k"):
+        args.update(top_k=int(variant.removeprefix("fftmoe-k")), tiers=[0] * cfg.fed.num_clients)
+    elif variant != METHOD:
+        raise KeyError(f"unknown variant {variant!r}; use {METHODS}, {NO_AUX!r} or fftmoe-k<K>")
+    return validate(replace(cfg, method_args=args))
+
+
+def cells() -> list[Cell]:
+    """Every ``(variant, split)`` of the study, in run order (main grid, aux ablation, K sweep)."""
+    out = [(m, s) for s in SPLITS for m in METHODS]
+    out += [(NO_AUX, s) for s in AUX_SPLITS]
+    out += [(k_variant(k), K_SPLIT) for k in K_VALUES]
+    return out
+
+
+def configs(scale: str, seeds: Sequence[int], overrides: dict[str, Any] | None = None
+            ) -> dict[Cell, list[RunConfig]]:
+    """``{(variant, split): [config per seed]}`` of the whole study at ``scale``."""
+    return {cell: with_seeds([cell_config(*cell, scale, overrides)], seeds) for cell in cells()}
+
+
+def run_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, overrides: dict[str, Any] | None = None,
+              jobs: int | None = None, progress: bool = True) -> dict[Cell, list[Path]]:
+    """Run (or reuse) the whole grid in one parallel call; ``{(variant, split): [run folder per seed]}``."""
+    grid = configs(scale, seeds, overrides)
+    flat = [cfg for runs in grid.values() for cfg in runs]
+    folders = iter(run_configs(flat, out_dir=out_dir, jobs=jobs, progress=progress))
+    return {cell: [next(folders) for _ in runs] for cell, runs in grid.items()}
+
+
+def by_method(folders: dict[Cell, list[Path]], split: str) -> dict[str, list[Path]]:
+    """``{method: runs}`` of the main grid on one split."""
+    return {m: folders[m, split] for m in METHODS}
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+def score_table(folders: dict[Cell, list[Path]]) -> dict[str, dict[str, Interval]]:
+    """``{split: {method: final score over seeds}}`` of the global model."""
+    return {s: {m: score_interval(runs) for m, runs in by_method(folders, s).items()} for s in SPLITS}
+
+
+def versus_best_baseline(folders: dict[Cell, list[Path]], split: str) -> tuple[str, Comparison]:
+    """``(best baseline, FFT-MoE - best baseline)`` on ``split``: the baseline with the highest mean score, and
+    the paired difference over the same seeds and test items."""
+    runs = by_method(folders, split)
+    best = best_by_mean({m: runs[m] for m in BASELINES})
+    return best, compare(runs[METHOD], runs[best])
+
+
+def _paired_by_seed(a: Sequence[Path], b: Sequence[Path]) -> list[tuple[Path, Path]]:
+    by_a, by_b = {seed_of(f): f for f in a}, {seed_of(f): f for f in b}
+    if set(by_a) != set(by_b):
+        raise ValueError(f"pairing by seed needs the same seeds on both sides; got {sorted(by_a)} and "
+                         f"{sorted(by_b)}: run the missing seeds first")
+    return [(by_a[s], by_b[s]) for s in sorted(by_a)]
+
+
+def retention_per_seed(noniid: Sequence[Path], iid: Sequence[Path]) -> list[float]:
+    """Score at the non-IID split / score IID, for each seed (the two runs of a seed paired); nan for a seed whose
+    IID run scores 0 (its retention is undefined)."""
+    ratios = []
+    for hard, easy in _paired_by_seed(noniid, iid):
+        base = run_score(easy)
+        ratios.append(run_score(hard) / base if base > 0 else math.nan)
+    return ratios
+
+
+def mean_ci_defined(values: Sequence[float]) -> Interval:
+    """:func:`~fedmoe.stats.mean_ci` over the defined (non-nan) values; with none, an undefined interval (nan
+    mean and bounds), which no target can pass or fail."""
+    defined = [v for v in values if not math.isnan(v)]
+    return mean_ci(defined) if defined else Interval(math.nan, math.nan, math.nan, max(len(values), 1))
+
+
+def retention(folders: dict[Cell, list[Path]], method: str) -> Interval:
+    """Non-IID retention of ``method``: score at alpha 0.1 / IID score, per seed, then its mean and interval
+    (seeds with an undefined ratio left out)."""
+    return mean_ci_defined(retention_per_seed(folders[method, NONIID_SPLIT], folders[method, IID_SPLIT]))
+
+
+def retention_lead(folders: dict[Cell, list[Path]], baseline: str) -> Interval:
+    """FFT-MoE's retention minus ``baseline``'s, paired by seed (each seed's two ratios differenced)."""
+    ours = retention_per_seed(folders[METHOD, NONIID_SPLIT], folders[METHOD, IID_SPLIT])
+    theirs = retention_per_seed(folders[baseline, NONIID_SPLIT], folders[baseline, IID_SPLIT])
+    return mean_ci_defined(list(np.subtract(ours, theirs)))
+
+
+def run_load_cv(folder: str | Path) -> float:
+    """Mean coefficient of variation of expert load over the client updates of the second half of the run's
+    rounds (each update's ``load_cv``: std/mean of its adapter's per-expert token counts, mean over layers)."""
+    rounds = [r for r in load_rounds(folder) if r.get("client_extra")]
+    if not rounds:
+        raise ValueError(f"{folder} holds no client diagnostics; is it an FFT-MoE run folder?")
+    late = rounds[len(rounds) // 2:]
+    values = [extra["load_cv"] for r in late for extra in r["client_extra"].values()]
+    return float(np.mean(values))
+
+
+def cv_reduction_per_seed(aux_off: Sequence[Path], aux_on: Sequence[Path]) -> list[float]:
+    """Load CV without the auxiliary loss minus with it, per seed (positive: the loss balances the experts)."""
+    return [run_load_cv(off) - run_load_cv(on) for off, on in _paired_by_seed(aux_off, aux_on)]
+
+
+def aux_cv_reduction(folders: dict[Cell, list[Path]], splits: Sequence[str] = AUX_SPLITS) -> Interval:
+    """CV(aux off) - CV(aux on), one pair per (split, seed), pooled over ``splits``: mean and interval."""
+    return mean_ci([d for s in splits for d in cv_reduction_per_seed(folders[NO_AUX, s], folders[METHOD, s])])
+
+
+def load_cv_table(folders: dict[Cell, list[Path]]) -> dict[str, dict[str, Interval]]:
+    """``{split: {"aux on" | "aux off": load CV over seeds}}`` on the aux-ablation splits."""
+    return {s: {"aux on": mean_ci([run_load_cv(f) for f in folders[METHOD, s]]),
+                "aux off": mean_ci([run_load_cv(f) for f in folders[NO_AUX, s]])} for s in AUX_SPLITS}
+
+
+def client_loads(folder: str | Path) -> dict[int, np.ndarray]:
+    """``{client: share of its adapter's routed tokens per expert}`` from the last round each client trained
+    in (counts summed over layers, normalised to 1)."""
+    loads = {}
+    for record in load_rounds(folder):
+        for client, extra in record.get("client_extra", {}).items():
+            counts = np.asarray(extra["adapter_load"], dtype=float).sum(axis=0)
+            loads[int(client)] = counts / max(counts.sum(), 1.0)
+    return dict(sorted(loads.items()))
+
+
+def k_sweep(folders: dict[Cell, list[Path]]) -> dict[str, Interval]:
+    """``{label: score over seeds}``: every client at K for each K of the sweep, then the mixed tiers."""
+    out = {f"all K={k}": score_interval(folders[k_variant(k), K_SPLIT]) for k in K_VALUES}
+    out["mixed tiers"] = score_interval(folders[METHOD, K_SPLIT])
+    return out
+
+
+# ---------------------------------------------------------------------------------- personalised evaluation
+
+
+def personalised_scores(folder: str | Path) -> dict[str, Any]:
+    """Each client's personalised model on its own local test split, beside the global model on the same split.
+
+    Rebuilds the run's federation, loads its final checkpoint into FFT-MoE, and scores
+    ``personalised_models()`` on ``Federation.client_test_data``; cached in ``<folder>/personalised.json``.
+    Returns ``{"personalised", "global"}`` (the mean over clients with test items of each client's local score)
+    and ``"clients": {client: {"n", "personalised", "global"}}``.
+    """
+    import torch
+
+    from fedmoe.eval.evaluate import evaluate
+    from fedmoe.experiment import CHECKPOINT_FILE
+    from fedmoe.fl.federation import Federation
+    from fedmoe.methods.base import get_method
+
+    folder = Path(folder)
+    cached = folder / PERSONALISED_FILE
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    cfg = from_dict(load_config_dict(folder))
+    if cfg.method != METHOD:
+        raise ValueError(f"{folder} is a {cfg.method} run; personalised models are FFT-MoE's (method: fftmoe)")
+    ckpt = folder / CHECKPOINT_FILE
+    if not ckpt.is_file() or torch.load(ckpt, weights_only=False)["round"] != cfg.fed.rounds:
+        raise FileNotFoundError(f"{ckpt} does not hold the final round; finish the run with `fedmoe run` first")
+    torch.set_num_threads(cfg.threads)
+    fed = Federation.from_config(cfg)
+    method = get_method(METHOD)(fed, cfg.method_args)
+    method.load_state_dict(torch.load(ckpt, weights_only=False)["method"])
+
+    def score(model, examples) -> float:
+        return evaluate(model, fed.tokenizer, examples, batch_size=cfg.fed.eval_batch_size, progress=False)["score"]
+
+    clients = {}
+    for client, model in method.personalised_models():
+        examples = fed.client_test_data(client)
+        if examples:
+            clients[str(client)] = {"n": len(examples), "personalised": score(model, examples)}
+    global_model = method.eval_model()
+    for client, row in clients.items():
+        row["global"] = score(global_model, fed.client_test_data(int(client)))
+    result = {"personalised": float(np.mean([r["personalised"] for r in clients.values()])),
+              "global": float(np.mean([r["global"] for r in clients.values()])), "clients": clients}
+    cached.write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def personalise_all(folders: Sequence[Path], jobs: int | None = None) -> None:
+    """Compute (and cache) :func:`personalised_scores` of every run not yet scored, in ``jobs`` worker
+    processes (default :func:`~fedmoe.studies.grid.default_jobs`) with one torch thread each."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from fedmoe.studies.grid import default_jobs
+
+    todo = [f for f in folders if not (Path(f) / PERSONALISED_FILE).is_file()]
+    jobs = min(jobs or default_jobs(), len(todo))
+    if jobs <= 1:
+        for folder in todo:
+            personalised_scores(folder)
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(personalised_scores, todo))
+
+
+def personalised_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = tuple(SPLITS),
+                       jobs: int | None = None) -> dict[str, dict[str, Interval]]:
+    """``{split: {"personalised", "global", "personalised - global"}}``: FFT-MoE's mean local-test score per
+    client over seeds, both ways, and their paired difference (per seed); runs not yet scored are scored in
+    ``jobs`` parallel processes."""
+    personalise_all([f for split in splits for f in folders[METHOD, split]], jobs)
+    out = {}
+    for split in splits:
+        rows = [personalised_scores(f) for f in folders[METHOD, split]]
+        out[split] = {"personalised": mean_ci([r["personalised"] for r in rows]),
+                      "global": mean_ci([r["global"] for r in rows]),
+                      "personalised - global": mean_ci([r["personalised"] - r["global"] for r in rows])}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ targets, report
+
+
+def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
+    """The issue's three score targets, judged on intervals (MET / FAILED / UNRESOLVED)."""
+    seeds = len(folders[METHOD, IID_SPLIT])
+    rows = []
+    for split in SPLITS:
+        best, comparison = versus_best_baseline(folders, split)
+        lead = split in LEAD_SPLITS
+        goal = ABOVE_ZERO if lead else MATCH_MARGIN
+        rows.append(TargetRow(
+            PAPER, f"FFT-MoE {'leads' if lead else 'matches'} the best baseline ({split})", comparison.difference,
+            "> 0 points" if lead else f"> {goal * 100:+.0f} points", judge_target(comparison.difference, goal),
+            COMMAND,
+            note=f"FFT-MoE - {best}, paired over seeds and test items ({comparison.verdict})", seeds=seeds))
+    for baseline in BASELINES:
+        lead = retention_lead(folders, baseline)
+        rows.append(TargetRow(
+            PAPER, f"non-IID retention above {baseline}'s", lead, "> 0", judge_target(lead, ABOVE_ZERO), COMMAND,
+            note="score(alpha 0.1) / score(IID), FFT-MoE minus baseline, paired by seed", seeds=seeds,
+            scale=1.0, digits=3))
+    reduction = aux_cv_reduction(folders)
+    rows.append(TargetRow(
+        PAPER, "auxiliary loss lowers the expert-load CV", reduction, "> 0", judge_target(reduction, ABOVE_ZERO),
+        COMMAND,
+        note=f"CV(aux off) - CV(aux on), paired by seed, {reduction.n} pairs pooled over {', '.join(AUX_SPLITS)}",
+        seeds=seeds, scale=1.0, digits=3))
+    for split in AUX_SPLITS:
+        diff = compare(folders[METHOD, split], folders[NO_AUX, split]).difference
+        rows.append(TargetRow(
+            PAPER, f"auxiliary loss does not lower the score ({split})", diff, f"> {MATCH_MARGIN * 100:+.0f} points",
+            judge_target(diff, MATCH_MARGIN), COMMAND, note="aux on - aux off, paired over seeds and test items",
+            seeds=seeds))
+    return rows
+
+
+def head_to_head(folders: dict[Cell, list[Path]]) -> list[HeadToHeadRow]:
+    """Every method's line in the report's head-to-head table, on :data:`HEAD_TO_HEAD_SPLIT`."""
+    rows = []
+    for method, runs in by_method(folders, HEAD_TO_HEAD_SPLIT).items():
+        row = head_to_head_row(method, runs)
+        cfg = from_dict(load_config_dict(runs[0]))
+        rows.append(replace(row, columns={**row.columns, "trainable params": trainable_params(cfg),
+                                          "split": f"dirichlet alpha={cfg.data.alpha:g}"}))
+    return rows
