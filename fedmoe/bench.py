@@ -11,7 +11,6 @@ Repetitions interleave the two sides so drifts of the machine hit both.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from torch import nn
 
 from fedmoe.data.collate import collate_train
 from fedmoe.data.records import Example
-from fedmoe.device import autocast_for, measure, model_device, to_device
+from fedmoe.device import autocast_for, measure, model_device, resolve_device, to_device
 from fedmoe.moe.lora import EXPERT_TARGETS
 from fedmoe.stats import Interval, mean_ci
 from fedmoe.train import TrainConfig
@@ -73,7 +72,7 @@ def plain_steps(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: T
 
 def kit_update(client, task) -> tuple[Timed, object]:
     """``client.update(task)`` timed (and on CUDA its peak memory); returns the timing and the update."""
-    device = model_device(client.model)
+    device = resolve_device(client.fed.cfg.device)
     with measure(device) as seen:
         update = client.update(task)
     return Timed(int(update.metrics["tokens"]), seen.seconds, seen.peak_memory), update

@@ -84,6 +84,11 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """bfloat16 when any of the model's floating weights is bfloat16 (a bf16 base under float32 adapters),
     else float32."""
@@ -102,10 +107,12 @@ def autocast_for(model: nn.Module):
 
 @dataclass
 class Measurement:
-    """What :func:`measure` saw: wall seconds and, on CUDA, the peak allocated bytes (None elsewhere)."""
+    """What :func:`measure` saw: wall seconds and, on CUDA, the peak allocated bytes (None elsewhere) and the
+    bytes already allocated when it started (other models resident on the device, the work's own weights)."""
 
     seconds: float = 0.0
     peak_memory: int | None = None
+    start_memory: int | None = None
 
 
 @contextmanager
@@ -117,6 +124,7 @@ def measure(device: torch.device) -> Iterator[Measurement]:
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        out.start_memory = int(torch.cuda.memory_allocated(device))
     start = time.perf_counter()
     yield out
     if cuda:
