@@ -91,7 +91,7 @@ def federation(model, args, device: str, dtype: str) -> Federation:
     return dataclasses.replace(fed, _base_model=model, train_parts=parts)
 
 
-def gpu_profile(fed: Federation, peak: float):
+def gpu_profile(peak: float):
     """The cost model's device profile of this GPU: an A100 profile with this GPU's peak and memory."""
     props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
     memory = props.total_memory if props else DEVICES["a100-80gb"].memory_bytes
@@ -108,7 +108,7 @@ def bench_method(fed: Federation, label: str, method: str, options: dict, args, 
     del server
     _free()
     client = spec.client(fed, options)
-    profile, lines = gpu_profile(fed, peak), []
+    profile, lines = gpu_profile(peak), []
     for task in tasks:
         top_k = task.plan.get("top_k") if isinstance(task.plan, dict) else None
         name = f"{args.tag}_{label}" + (f"_k{top_k}" if label == "flame" else "")
