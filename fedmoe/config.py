@@ -93,7 +93,10 @@ class RunConfig:
     the world methods are compared on (the zoo base model, the task data, the partition and which device
     each client has), so runs of several seeds share their data unless asked otherwise.
     ``threads``: torch intra-op threads (1 is fastest for the tiny models on a small CPU; raise it
-    for paper-scale models on a CPU).
+    for paper-scale models on a CPU). ``device``: ``auto`` (CUDA when available, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``; ``dtype``: ``float32`` or ``bfloat16`` (the base model's weights, with bf16
+    autocast; adapters train and the server aggregates in float32/float64 either way). See
+    :mod:`fedmoe.device`.
     """
 
     name: str = "run"
@@ -102,6 +105,8 @@ class RunConfig:
     data_seed: int = 0
     scale: str = "default"
     threads: int = 1
+    device: str = "auto"
+    dtype: str = "float32"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     fed: FedConfig = field(default_factory=FedConfig)
@@ -298,9 +303,20 @@ def validate(cfg: RunConfig) -> RunConfig:
                         max(fed.num_clients, DataConfig.n_train))
     if cfg.cost.mode not in COST_MODES:
         raise bad_value("cost.mode", cfg.cost.mode, f"one of {COST_MODES}", "projection")
+    _check_device(cfg)
     _check_model(cfg.model)
     _check_data(cfg.data)
     return cfg
+
+
+def _check_device(cfg: RunConfig) -> None:
+    from fedmoe.device import DeviceError, resolve_device, resolve_dtype
+
+    for key, check in (("device", resolve_device), ("dtype", resolve_dtype)):
+        try:
+            check(getattr(cfg, key))
+        except DeviceError as err:
+            raise ConfigError(f"config key {err}") from None
 
 
 def _get(cfg: RunConfig, key: str) -> Any:

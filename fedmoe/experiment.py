@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedmoe.config import ConfigError, RunConfig, bad_value, validate
+from fedmoe.device import resolve_device
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.federation import Federation, sample_clients
 from fedmoe.methods.base import MethodSpec, Server, available_methods, check_method_args, get_method
@@ -116,7 +117,7 @@ def run(
     spec = get_method(cfg.method)
     server = spec.server(fed, cfg.method_args)
     execute = executor_factory(spec, fed)
-    folder.write_environment(str(torch.get_default_device()))
+    folder.write_environment(str(resolve_device(cfg.device)), cfg.dtype)
 
     start, sim_time, wall_time = 1, 0.0, 0.0
     ckpt = folder.load_checkpoint()

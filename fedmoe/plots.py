@@ -1,5 +1,6 @@
 """Matplotlib figures from run folders: score against rounds and against simulated time, one line per run or
-one mean line per method with its 95% band over seeds."""
+one mean line per method with its 95% band over seeds; the cost model's predictions against what a CUDA run
+measured."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fedmoe.results import curve, load_config_dict
+from fedmoe.results import curve, load_config_dict, load_rounds
 from fedmoe.stats import mean_ci
 
 X_LABELS = {"round": "round", "sim_time": "simulated time (s)", "wall_time": "wall-clock time (s)"}
@@ -66,6 +67,49 @@ def plot_seed_bands(
             ax.fill_between(xs, [iv.lo for iv in intervals], [iv.hi for iv in intervals], color=line.get_color(),
                             alpha=0.18, lw=0)
     return _decorate(ax, x, f"{y} (mean, 95% CI over seeds)", target, title)
+
+
+def measured_vs_predicted(folder: str | Path) -> list[dict[str, float]]:
+    """One row per client update that measured itself (CUDA runs, see
+    :func:`fedmoe.engines.inprocess.measured_update`): ``round``, ``client``, predicted and measured peak memory
+    (bytes) and local-work seconds (predicted: the cost model's compute plus host-device time on the client's
+    fleet device, so compare with a fleet describing the GPU used)."""
+    rows = []
+    for record in load_rounds(folder):
+        for client, diag in record.get("client_log", {}).items():
+            if "measured_peak_memory" not in diag:
+                continue
+            parts = record["client_time_parts"][client]
+            rows.append({"round": record["round"], "client": int(client),
+                         "memory_predicted": float(record["peak_memory"][client]),
+                         "memory_measured": float(diag["measured_peak_memory"]),
+                         "seconds_predicted": float(parts["compute"] + parts["host_device"]),
+                         "seconds_measured": float(diag["measured_seconds"])})
+    return rows
+
+
+def plot_measured_vs_predicted(folder: str | Path, *, title: str | None = None):
+    """Two scatter panels, peak memory (GiB) and local-work seconds, predicted by the cost model (x) against
+    measured on the GPU (y), one point per client update, with the y = x line; returns the figure."""
+    rows = measured_vs_predicted(folder)
+    if not rows:
+        raise ValueError(f"{folder} has no measured client updates: measurements are recorded on CUDA only "
+                         "(fix: run with --set device=cuda on a GPU machine)")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, key, unit, scale in ((axes[0], "memory", "peak memory (GiB)", 2.0**30),
+                                 (axes[1], "seconds", "client seconds", 1.0)):
+        xs = np.array([r[f"{key}_predicted"] for r in rows]) / scale
+        ys = np.array([r[f"{key}_measured"] for r in rows]) / scale
+        ax.scatter(xs, ys, s=14, label=f"{len(rows)} client updates")
+        top = float(max(xs.max(), ys.max())) * 1.05 or 1.0
+        ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="measured = predicted")
+        ax.set_xlabel(f"predicted {unit}")
+        ax.set_ylabel(f"measured {unit}")
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=8)
+    fig.suptitle(title or f"{run_label(folder)}: cost model vs measured")
+    fig.tight_layout()
+    return fig
 
 
 def _decorate(ax, x: str, ylabel: str, target: float | None, title: str | None):

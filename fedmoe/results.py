@@ -196,10 +196,10 @@ class RunFolder:
             ) from exc
 
     # --- environment ----------------------------------------------------------------------------------
-    def write_environment(self, device: str) -> dict:
+    def write_environment(self, device: str, dtype: str = "float32") -> dict:
         """Write ``environment.json``: library versions, torch threads and CPU capability, the machine and the
-        training device of this session (a resumed run records the session that resumed it)."""
-        env = environment(device)
+        training device and dtype of this session (a resumed run records the session that resumed it)."""
+        env = environment(device, dtype)
         atomic_write(self.environment_path, lambda fh: fh.write(json.dumps(env, indent=2)))
         return env
 
@@ -214,8 +214,10 @@ def config_text(cfg) -> str:
         return path.read_text()
 
 
-def environment(device: str) -> dict[str, Any]:
-    """What a run's numbers may depend on beyond its config (see :meth:`RunFolder.write_environment`)."""
+def environment(device: str, dtype: str = "float32") -> dict[str, Any]:
+    """What a run's numbers may depend on beyond its config (see :meth:`RunFolder.write_environment`):
+    ``device`` and ``dtype`` as resolved (``auto`` already replaced by the device used), and the GPU's name
+    when the device is a CUDA one."""
     from importlib import metadata
 
     import torch
@@ -234,6 +236,8 @@ def environment(device: str) -> dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "device": device,
+        "dtype": dtype,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
     }
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from fedmoe.data.collate import IGNORE_INDEX, collate_train
 from fedmoe.data.records import Example
+from fedmoe.device import autocast_for, model_device, to_device
 from fedmoe.moe.routing import record_routing
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -125,7 +126,8 @@ def finetune(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: Trai
     optimizer step; returning ``True`` stops training early. ``extra_loss(model, batch)`` runs after each
     forward pass (``batch``: the collated inputs, with ``attention_mask``); a tensor it returns is added to
     the LM loss before the backward pass (e.g. FFT-MoE's routing regulariser); the reported losses stay
-    the LM loss alone. Deterministic for ``cfg.seed``.
+    the LM loss alone. Batches go to the model's device; a bfloat16 model runs under autocast
+    (:mod:`fedmoe.device`). Deterministic for ``cfg.seed``.
     """
     cfg = cfg or TrainConfig()
     cfg.validate()
@@ -144,6 +146,7 @@ def finetune(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: Trai
     opt = torch.optim.AdamW([{"params": chosen}, *groups], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, total))
     moe = _is_moe(model)
+    device = model_device(model)
     extra = {"output_router_logits": cfg.router_aux_loss} if moe else {}
     was_training = model.training
     model.train()
@@ -154,9 +157,10 @@ def finetune(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: Trai
         with record_routing(model) if moe else nullcontext() as rec:
             bar = tqdm(_batches(len(examples), cfg, total), total=total, desc="finetune", disable=not progress)
             for step, idx in enumerate(bar):
-                batch = collate_train(tokenizer, [examples[i] for i in idx], cfg.max_length)
-                loss = model(**batch, **extra).loss
-                added = extra_loss(model, batch) if extra_loss is not None else None
+                batch = to_device(collate_train(tokenizer, [examples[i] for i in idx], cfg.max_length), device)
+                with autocast_for(model):
+                    loss = model(**batch, **extra).loss
+                    added = extra_loss(model, batch) if extra_loss is not None else None
                 (loss if added is None else loss + added).backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(chosen, cfg.grad_clip)

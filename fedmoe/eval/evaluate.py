@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from fedmoe.data.collate import collate_prompts, pad_batch
 from fedmoe.data.records import Example
+from fedmoe.device import autocast_for
 from fedmoe.eval.metrics import exact_match, rouge_l
 
 _GENERATION_METRICS = {"rouge_l": rouge_l, "exact_match": exact_match}
@@ -118,7 +119,7 @@ def evaluate(
     Returns ``{"score", "n", <metric>: mean for each metric present, "per_domain": {domain: score},
     "predictions": [text or chosen choice per example], "item_scores": [each example's own metric, in
     test-set order]}``; ``score`` is the mean of ``item_scores`` (in [0, 1]). Per-item scores let two
-    methods be compared paired, on the same test items.
+    methods be compared paired, on the same test items. Batches go to the model's device.
     """
     if not examples:
         raise ValueError("evaluate needs at least one example; got an empty list")
@@ -127,40 +128,41 @@ def evaluate(
     per_example: list[float] = [0.0] * len(examples)
     predictions: list[str] = [""] * len(examples)
     try:
-        for metric, fn in _GENERATION_METRICS.items():
-            idx = [i for i, ex in enumerate(examples) if ex.metric == metric]
-            if not idx:
-                continue
-            texts = generate(
-                model,
-                tokenizer,
-                [examples[i].prompt for i in idx],
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                stop_at_newline=metric == "exact_match",
-                max_length=max_length,
-                progress=progress,
+        with autocast_for(model):  # bf16 models run mixed precision; float32 ones as they are
+            for metric, fn in _GENERATION_METRICS.items():
+                idx = [i for i, ex in enumerate(examples) if ex.metric == metric]
+                if not idx:
+                    continue
+                texts = generate(
+                    model,
+                    tokenizer,
+                    [examples[i].prompt for i in idx],
+                    batch_size=batch_size,
+                    max_new_tokens=max_new_tokens,
+                    stop_at_newline=metric == "exact_match",
+                    max_length=max_length,
+                    progress=progress,
+                )
+                for i, text in zip(idx, texts, strict=True):
+                    predictions[i] = text
+                    per_example[i] = fn(text, examples[i].answer)
+            idx = [i for i, ex in enumerate(examples) if ex.metric == "mc_accuracy"]
+            pairs = [(examples[i].prompt, c) for i in idx for c in examples[i].choices]
+            flat = (
+                _score_pairs(
+                    model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress
+                )
+                if pairs
+                else []
             )
-            for i, text in zip(idx, texts, strict=True):
-                predictions[i] = text
-                per_example[i] = fn(text, examples[i].answer)
-        idx = [i for i, ex in enumerate(examples) if ex.metric == "mc_accuracy"]
-        pairs = [(examples[i].prompt, c) for i in idx for c in examples[i].choices]
-        flat = (
-            _score_pairs(
-                model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress
-            )
-            if pairs
-            else []
-        )
-        offset = 0
-        for i in idx:
-            n = len(examples[i].choices)
-            scores = flat[offset : offset + n]
-            offset += n
-            pick = scores.index(max(scores))  # ties: first choice, as metrics.mc_accuracy
-            predictions[i] = examples[i].choices[pick]
-            per_example[i] = float(pick == examples[i].label)
+            offset = 0
+            for i in idx:
+                n = len(examples[i].choices)
+                scores = flat[offset : offset + n]
+                offset += n
+                pick = scores.index(max(scores))  # ties: first choice, as metrics.mc_accuracy
+                predictions[i] = examples[i].choices[pick]
+                per_example[i] = float(pick == examples[i].label)
     finally:
         model.train(was_training)
     by_metric, by_domain = defaultdict(list), defaultdict(list)

@@ -10,8 +10,9 @@ import torch
 def weighted_average(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """FedAvg: ``sum_i w_i * state_i / sum_i w_i`` for every key present in all states.
 
-    Weights are usually the clients' example counts. Averages are computed in float64 and cast back
-    to each tensor's dtype, so the result does not depend on client order beyond rounding.
+    Weights are usually the clients' example counts. Averages are computed in float64 (on the first state's
+    device) and cast back to each tensor's dtype, whatever the training dtype (bfloat16 included), so the result
+    does not depend on client order beyond rounding.
     """
     if not states:
         raise ValueError("weighted_average needs at least one state (no client returned an update)")
@@ -26,6 +27,7 @@ def weighted_average(states: Sequence[dict[str, torch.Tensor]], weights: Sequenc
             raise ValueError(f"states disagree on keys: {sorted(keys ^ set(s))[:5]}...")
     out = {}
     for key in states[0]:
-        acc = sum(float(w) * s[key].double() for s, w in zip(states, weights, strict=True))
-        out[key] = (acc / total).to(states[0][key].dtype)
+        first = states[0][key]
+        acc = sum(float(w) * s[key].to(first.device, torch.float64) for s, w in zip(states, weights, strict=True))
+        out[key] = (acc / total).to(first.dtype)
     return out

@@ -59,7 +59,8 @@ class Federation:
         return _cached_federation(_freeze(cfg.to_dict()), progress)
 
     def base_model(self) -> torch.nn.Module:
-        """A fresh, trainable copy of the pretrained base model (the cached original is never touched)."""
+        """A fresh, trainable copy of the pretrained base model (the cached original is never touched), on the
+        run's device in its dtype (:mod:`fedmoe.device`)."""
         model = copy.deepcopy(self._base_model)
         model.train()
         return model
@@ -128,6 +129,7 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
     from fedmoe.config import from_dict
     from fedmoe.data.partition import partition
     from fedmoe.data.task_data import load_task_data
+    from fedmoe.device import place_model, resolve_device, resolve_dtype
     from fedmoe.fl.cost import CostModel
     from fedmoe.moe.loading import load_base_model
 
@@ -146,4 +148,5 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
     cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.data_seed)
     model, tokenizer = load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
     model.requires_grad_(False)
+    place_model(model, resolve_device(cfg.device), resolve_dtype(cfg.dtype))  # every method's model copies it
     return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)
