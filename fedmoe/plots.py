@@ -1,5 +1,5 @@
 """Matplotlib figures from run folders: score against rounds and against simulated time, one line per run or
-one mean line per method with its 95% band over seeds."""
+one mean line per method with its 95% band over seeds; the clients that failed each round."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fedmoe.results import curve, load_config_dict
+from fedmoe.results import curve, load_config_dict, load_rounds
 from fedmoe.stats import mean_ci
 
 X_LABELS = {"round": "round", "sim_time": "simulated time (s)", "wall_time": "wall-clock time (s)"}
@@ -66,6 +66,27 @@ def plot_seed_bands(
             ax.fill_between(xs, [iv.lo for iv in intervals], [iv.hi for iv in intervals], color=line.get_color(),
                             alpha=0.18, lw=0)
     return _decorate(ax, x, f"{y} (mean, 95% CI over seeds)", target, title)
+
+
+def plot_failures(folder: str | Path, *, ax=None, title: str | None = None):
+    """Clients that failed in each training round of a run (its ``failures``: errors, drop-outs, no reply,
+    rejected updates) as bars, with the number of retries of the round above its bar; returns the figure."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.0))
+    rounds = [r for r in load_rounds(folder) if r["round"] > 0]
+    xs = [r["round"] for r in rounds]
+    heights = [len(r.get("failures", {})) for r in rounds]
+    ax.bar(xs, heights, color="tab:red")
+    for x, height, r in zip(xs, heights, rounds, strict=True):
+        if r.get("retries"):
+            ax.annotate(f"{r['retries']} retries", (x, height), ha="center", va="bottom", fontsize=7)
+    ax.set_xlabel("round")
+    ax.set_ylabel("failed clients")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if title:
+        ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 def _decorate(ax, x: str, ylabel: str, target: float | None, title: str | None):

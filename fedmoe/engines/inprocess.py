@@ -11,13 +11,15 @@ from fedmoe.config import RunConfig
 from fedmoe.experiment import Executor
 from fedmoe.experiment import run as run_rounds
 from fedmoe.fl.federation import Federation
+from fedmoe.fl.robust import answer_or_failure
 from fedmoe.methods.base import MethodSpec
 
 
 def in_process_executor(spec: MethodSpec, fed: Federation) -> Executor:
-    """Build the method's client half once and run each task on it sequentially, in this process."""
+    """Build the method's client half once and run each task on it sequentially, in this process; a task
+    whose client raises is answered by a :class:`~fedmoe.fl.contract.ClientFailure` naming the error."""
     client = spec.client(fed, fed.cfg.method_args)
-    return lambda tasks: [client.update(task) for task in tasks]
+    return lambda tasks: [answer_or_failure(client.update, task) for task in tasks]
 
 
 def run(cfg: RunConfig, *, out_dir: str | Path = "results", run_name: str | None = None, resume: bool = True,
