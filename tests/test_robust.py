@@ -268,3 +268,13 @@ def test_rounds_failing_every_attempt_end_the_run_with_a_clear_error(tmp_path):
     with pytest.raises(RoundFailedError, match="round 1: fewer than 1 of 2 .* 2 attempts"):
         run_with(cfg, broken, out_dir=tmp_path, run_name="x", progress=False)
     RunFolder(tmp_path / "x").lock()  # a failed run released its folder too
+
+
+def test_lower_rank_upload_of_a_global_factor_is_checked_against_its_leading_block():
+    task, glob = ClientTask(0, 1, {}), {"lora_A": torch.zeros(8, 5)}
+    assert validate_update(task, ClientUpdate(0, 1, {"lora_A": torch.ones(2, 5)}, num_examples=1),
+                           global_state=glob, max_norm=4.0) is None
+    assert "shape (2, 6)" in validate_update(task, ClientUpdate(0, 1, {"lora_A": torch.ones(2, 6)}, num_examples=1),
+                                             global_state=glob)
+    assert "norm 3.16" in validate_update(task, ClientUpdate(0, 1, {"lora_A": torch.ones(2, 5)}, num_examples=1),
+                                          global_state=glob, max_norm=3.0)

@@ -90,8 +90,9 @@ def validate_update(task: ClientTask, update: ClientUpdate, *, global_state: dic
 
     Rejected: an update for another client or round; ``num_examples`` other than the count the server
     assigned; a tensor whose name the client was not sent, or whose shape or dtype differs from what it was
-    sent (the task's tensor, else the server's ``global_state`` tensor, else one expert's slice ``"{layer}.
-    {expert}.{param}"`` of a fused ``"{layer}.{param}"`` tensor); an update echoing some of the task's tensors
+    sent (the task's tensor, else the server's ``global_state`` tensor or a leading block of it, as a
+    lower-rank LoRA factor is, else one expert's slice ``"{layer}.{expert}.{param}"`` of a fused
+    ``"{layer}.{param}"`` tensor); an update echoing some of the task's tensors
     but not all; non-finite tensors, payload or routed-token counts; and, when ``max_norm`` is set, a change
     to what the client was sent with an L2 norm above it.
     """
@@ -112,6 +113,8 @@ def validate_update(task: ClientTask, update: ClientUpdate, *, global_state: dic
         sent = _reference(key, task.tensors, global_state or {})
         if sent is None:
             return f"unexpected tensor {key!r} (the client was sent no tensor of that name)"
+        if key not in task.tensors and _truncates(value, sent):
+            sent = sent[tuple(slice(0, n) for n in value.shape)]  # a lower-rank upload of a global LoRA factor
         if value.shape != sent.shape or value.dtype != sent.dtype:
             return f"tensor {key!r} has shape {tuple(value.shape)} and dtype {value.dtype}; expected " \
                    f"{tuple(sent.shape)} and {sent.dtype}"
@@ -138,6 +141,11 @@ def _reference(key: str, sent: dict[str, torch.Tensor], global_state: dict[str, 
             if fused in state and int(parts[1]) < state[fused].shape[0]:
                 return state[fused][int(parts[1])]
     return None
+
+
+def _truncates(value: torch.Tensor, full: torch.Tensor) -> bool:
+    """Whether ``value`` has the shape of a leading block of ``full`` (a rank-r_i factor of a global LoRA)."""
+    return value.dim() == full.dim() and all(n <= m for n, m in zip(value.shape, full.shape, strict=True))
 
 
 def _finite(value: Any) -> bool:
