@@ -61,7 +61,15 @@ class DataConfig:
 
 @dataclass
 class FedConfig:
-    """The federation: clients, rounds, local work and evaluation cadence."""
+    """The federation: clients, rounds, local work and evaluation cadence, and how it treats unreliable clients.
+
+    ``dropout``: probability that a sampled client drops out of a round (seeded per seed, round and client, so
+    runs reproduce). A round goes on with the clients that answered when at least
+    ``ceil(min_fit_fraction * sampled)`` did; else it is retried with a fresh seeded sample, at most
+    ``max_round_retries`` times. The server waits ``timeout_seconds`` (simulated) for clients that never
+    answer. ``max_update_norm``: updates whose change to what the client was sent has a larger L2 norm are
+    rejected (``None``: no bound). See :mod:`fedmoe.fl.robust`.
+    """
 
     num_clients: int = 10
     clients_per_round: int = 5
@@ -72,6 +80,11 @@ class FedConfig:
     max_length: int = 128
     eval_every: int = 1
     eval_batch_size: int = 32
+    min_fit_fraction: float = 0.5
+    dropout: float = 0.0
+    max_round_retries: int = 3
+    timeout_seconds: float = 300.0
+    max_update_norm: float | None = None
 
 
 @dataclass
@@ -160,6 +173,8 @@ _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("fed.num_clients", 1, False), ("fed.clients_per_round", 1, False), ("fed.rounds", 1, False),
     ("fed.local_steps", 1, False), ("fed.batch_size", 1, False), ("fed.lr", 0, True),
     ("fed.max_length", 8, False), ("fed.eval_every", 1, False), ("fed.eval_batch_size", 1, False),
+    ("fed.min_fit_fraction", 0, True), ("fed.dropout", 0, False), ("fed.max_round_retries", 0, False),
+    ("fed.timeout_seconds", 0, False),
     ("cost.server_seconds", 0, False), ("cost.tokens_scale", 0, True),
 )
 COST_MODES = ("trained", "projection")
@@ -294,6 +309,13 @@ def validate(cfg: RunConfig) -> RunConfig:
             expected = f"a number {'>' if strict else '>='} {bound}"
             raise bad_value(key, value, expected, _get(RunConfig(), key))
     fed = cfg.fed
+    if fed.min_fit_fraction > 1:
+        raise bad_value("fed.min_fit_fraction", fed.min_fit_fraction,
+                        "a fraction in (0, 1] of the sampled clients that must answer", FedConfig.min_fit_fraction)
+    if fed.dropout >= 1:
+        raise bad_value("fed.dropout", fed.dropout, "a probability in [0, 1)", 0.1)
+    if fed.max_update_norm is not None and fed.max_update_norm <= 0:
+        raise bad_value("fed.max_update_norm", fed.max_update_norm, "a number > 0, or null for no bound", 100.0)
     if fed.clients_per_round > fed.num_clients:
         raise bad_value("fed.clients_per_round", fed.clients_per_round,
                         f"at most fed.num_clients={fed.num_clients} (clients sampled per round)", fed.num_clients)

@@ -2,7 +2,9 @@
 
 ``run(cfg, executor_factory)`` builds the :class:`Federation` and the method's server, then for each round
 samples clients, asks the server for their tasks, hands them to an *executor* (the engine: see
-``fedmoe.engines``, which builds the client halves), aggregates, prices the round with the cost model,
+``fedmoe.engines``, which builds the client halves; a client that fails is reported, not raised), screens the
+answers and retries a round too few clients answered (:mod:`fedmoe.fl.robust`), aggregates the accepted
+updates, prices the round with the cost model,
 evaluates, and appends one record to the run folder with a checkpoint (:class:`fedmoe.results.RunFolder`
 owns the files). A run that stops (or is killed) resumes from its last checkpoint and reproduces the
 uninterrupted run.
@@ -20,12 +22,13 @@ from tqdm.auto import tqdm
 
 from fedmoe.config import ConfigError, RunConfig, bad_value, validate
 from fedmoe.device import resolve_device
-from fedmoe.fl.contract import ClientTask, ClientUpdate
-from fedmoe.fl.federation import Federation, sample_clients
+from fedmoe.fl.contract import ClientFailure, ClientTask, ClientUpdate
+from fedmoe.fl.federation import Federation
+from fedmoe.fl.robust import run_round
 from fedmoe.methods.base import MethodSpec, Server, available_methods, check_method_args, get_method
 from fedmoe.results import RunFolder
 
-Executor = Callable[[list[ClientTask]], list[ClientUpdate]]
+Executor = Callable[[list[ClientTask]], list[ClientUpdate | ClientFailure]]
 ExecutorFactory = Callable[[MethodSpec, Federation], Executor]
 
 
@@ -69,23 +72,27 @@ def run_id(cfg: RunConfig) -> str:
 
 
 def open_run_folder(cfg: RunConfig, path: str | Path, resume: bool) -> RunFolder:
-    """The run folder at ``path`` for ``cfg``: created with its config, or an existing run of the same config
-    when ``resume``; a folder holding another config, or any run when not ``resume``, is an error and is
-    left untouched."""
+    """The run folder at ``path`` for ``cfg``, locked for this run (release it with ``unlock``): created with
+    its config, or an existing run of the same config when ``resume``; a folder another run is writing, holding
+    another config, or holding any run when not ``resume``, is an error and is left untouched."""
     folder = RunFolder(path)
-    folder.create()
-    if not folder.has_config():
-        folder.write_config(cfg)
-    elif not resume:
-        raise FileExistsError(
-            f"{folder.path} already holds a run; pass resume=True (CLI: drop --no-resume) to continue it, "
-            "or choose another run name / out_dir"
-        )
-    elif not folder.holds_config(cfg):
-        raise ValueError(
-            f"{folder.path} holds a run with a different config; use another run name or out_dir "
-            "(its results are left untouched)"
-        )
+    folder.lock()
+    try:
+        if not folder.has_config():
+            folder.write_config(cfg)
+        elif not resume:
+            raise FileExistsError(
+                f"{folder.path} already holds a run; pass resume=True (CLI: drop --no-resume) to continue it, "
+                "or choose another run name / out_dir"
+            )
+        elif not folder.holds_config(cfg):
+            raise ValueError(
+                f"{folder.path} holds a run with a different config; use another run name or out_dir "
+                "(its results are left untouched)"
+            )
+    except BaseException:
+        folder.unlock()
+        raise
     return folder
 
 
@@ -112,6 +119,16 @@ def run(
     """
     check_config(cfg)  # a config built by hand is checked too, before its folder exists
     folder = open_run_folder(cfg, Path(out_dir) / (run_name or run_id(cfg)), resume)
+    try:
+        _run_rounds(cfg, executor_factory, folder, stop_after, progress)
+    finally:
+        folder.unlock()
+    return folder.path
+
+
+def _run_rounds(cfg: RunConfig, executor_factory: ExecutorFactory, folder: RunFolder, stop_after: int | None,
+                progress: bool) -> None:
+    """The body of :func:`run` in its locked ``folder``."""
     torch.set_num_threads(cfg.threads)
     fed = Federation.from_config(cfg, progress=progress)
     spec = get_method(cfg.method)
@@ -135,13 +152,13 @@ def run(
                total=cfg.fed.rounds)
     for r in bar:
         t0 = time.perf_counter()
-        clients = sample_clients(cfg.seed, r, cfg.fed.num_clients, cfg.fed.clients_per_round)
-        tasks = server.plan(r, clients)
-        updates = sorted(execute(tasks), key=lambda u: u.client_id)
+        result = run_round(fed, server, execute, r)
+        clients, tasks, updates = result.clients, result.tasks, result.updates
         s0 = time.perf_counter()
         server_metrics = server.aggregate(r, updates)
         server_wall = time.perf_counter() - s0
-        timing = price_round(fed, server, r, updates)
+        timing = price_round(fed, server, r, updates, wait_seconds=result.wait_seconds(cfg.fed.timeout_seconds),
+                             retries=len(result.retried))
         sim_time += timing["round_seconds"]
         wall_time += time.perf_counter() - t0
         record = {
@@ -155,6 +172,7 @@ def run(
             **timing,
             "client_metrics": {str(u.client_id): u.metrics for u in updates},
             "client_log": client_log(tasks, updates),
+            **result.log(),
         }
         if r % cfg.fed.eval_every == 0 or r == cfg.fed.rounds:
             record = _evaluate_record(cfg, fed, server, record)
@@ -165,7 +183,6 @@ def run(
             bar.set_postfix(score=f"{record['score']:.3f}", loss=f"{record['train_loss']:.3f}")
     if last == cfg.fed.rounds:
         write_summary(folder.path)
-    return folder.path
 
 
 def client_log(tasks: list[ClientTask], updates: list[ClientUpdate]) -> dict[str, dict]:
@@ -180,8 +197,11 @@ def client_log(tasks: list[ClientTask], updates: list[ClientUpdate]) -> dict[str
     return out
 
 
-def price_round(fed: Federation, server: Server, round_: int, updates: list[ClientUpdate]) -> dict[str, Any]:
-    """Simulated seconds of a round: the slowest client's time plus server time (see ``fedmoe.fl.cost``).
+def price_round(fed: Federation, server: Server, round_: int, updates: list[ClientUpdate], *,
+                wait_seconds: float = 0.0, retries: int = 0) -> dict[str, Any]:
+    """Simulated seconds of a round: the slowest client's time plus server time (see ``fedmoe.fl.cost``);
+    at least ``wait_seconds`` before the server phase when a client never answered, plus
+    ``fed.timeout_seconds`` for each of ``retries`` failed attempts of the round.
 
     A client whose work does not fit its device's memory raises ``DoesNotFitError``: methods that
     adapt to memory (offloading, quantizing, merging experts) must report the memory they adapted to.
@@ -194,9 +214,10 @@ def price_round(fed: Federation, server: Server, round_: int, updates: list[Clie
         device = fed.devices[u.client_id]
         check_fits(work, device, what=f"client {u.client_id}'s {fed.cfg.method} task in round {round_}")
         times[u.client_id] = client_time(work, device)
-    rt = round_time(list(times.values()), server_seconds=fed.cfg.cost.server_seconds, overlap=server.overlap(round_))
+    rt = round_time(list(times.values()), server_seconds=fed.cfg.cost.server_seconds, overlap=server.overlap(round_),
+                    wait_seconds=wait_seconds)
     return {
-        "round_seconds": rt.total,
+        "round_seconds": rt.total + retries * fed.cfg.fed.timeout_seconds,
         "client_seconds": {str(c): t.total for c, t in times.items()},
         "client_time_parts": {str(c): t.__dict__ for c, t in times.items()},
         "bytes_up": {str(u.client_id): u.bytes_up for u in updates},

@@ -1,6 +1,6 @@
 """Matplotlib figures from run folders: score against rounds and against simulated time, one line per run or
-one mean line per method with its 95% band over seeds; the cost model's predictions against what a CUDA run
-measured."""
+one mean line per method with its 95% band over seeds; the clients that failed each round; the cost
+model's predictions against what a CUDA run measured."""
 
 from __future__ import annotations
 
@@ -110,6 +110,27 @@ def plot_measured_vs_predicted(folder: str | Path, *, title: str | None = None):
     fig.suptitle(title or f"{run_label(folder)}: cost model vs measured")
     fig.tight_layout()
     return fig
+
+
+def plot_failures(folder: str | Path, *, ax=None, title: str | None = None):
+    """Clients that failed in each training round of a run (its ``failures``: errors, drop-outs, no reply,
+    rejected updates) as bars, with the number of retries of the round above its bar; returns the figure."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.0))
+    rounds = [r for r in load_rounds(folder) if r["round"] > 0]
+    xs = [r["round"] for r in rounds]
+    heights = [len(r.get("failures", {})) for r in rounds]
+    ax.bar(xs, heights, color="tab:red")
+    for x, height, r in zip(xs, heights, rounds, strict=True):
+        if r.get("retries"):
+            ax.annotate(f"{r['retries']} retries", (x, height), ha="center", va="bottom", fontsize=7)
+    ax.set_xlabel("round")
+    ax.set_ylabel("failed clients")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if title:
+        ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 def _decorate(ax, x: str, ylabel: str, target: float | None, title: str | None):

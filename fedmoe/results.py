@@ -3,11 +3,12 @@
 :class:`RunFolder` owns the file names (:data:`CONFIG_FILE`, :data:`ROUNDS_FILE`, :data:`SUMMARY_FILE`,
 :data:`CHECKPOINT_FILE`, :data:`ENVIRONMENT_FILE`), appending and truncating the round log, and atomic writes
 (temporary file, fsync, rename) of the checkpoint and the summary, so a run killed mid-write never leaves a
-half-written file behind. Plots and notebooks read results through the functions below, never live objects.
+half-written file behind, and the folder's write lock (one run writes a folder at a time). Plots and notebooks read results through the functions below, never live objects.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ ROUNDS_FILE = "rounds.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 ENVIRONMENT_FILE = "environment.json"
+LOCK_FILE = ".lock"
 BACKUP_SUFFIX = ".bak"
 
 
@@ -45,11 +47,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read (truncated, corrupt, or not written by this version)."""
 
 
+class RunFolderLockedError(RuntimeError):
+    """Another run is writing the run folder."""
+
+
 class RunFolder:
     """The folder of one run (see the module docstring); ``path`` need not exist yet."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -82,6 +89,29 @@ class RunFolder:
     def create(self) -> None:
         """Create the folder (and its parents) if needed."""
         self.path.mkdir(parents=True, exist_ok=True)
+
+    # --- lock -----------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the folder's write lock (an exclusive ``flock`` on its ``.lock`` file, released by
+        :meth:`unlock` or when the process ends, however it ends); a run holding it already is a
+        :class:`RunFolderLockedError`."""
+        self.create()
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderLockedError(
+                f"{self.path} is being written by another run (it holds {self.path / LOCK_FILE}); wait for it to "
+                "finish, or run into another folder (another run name or out_dir)") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the lock taken by :meth:`lock` (nothing if not held)."""
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # --- config ---------------------------------------------------------------------------------------
     def has_config(self) -> bool:

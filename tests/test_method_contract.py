@@ -111,3 +111,25 @@ def test_method_contract(fed, method, monkeypatch):
     resumed.aggregate(2, updates)
     assert same(resumed.state_dict(), server.state_dict())
     assert next(iter(server.eval_models())) is not None
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[] if m in FAST else pytest.mark.slow)
+                                    for m in available_methods()])
+def test_method_completes_a_round_with_one_client_failing(method):
+    """Every real update passes the server's validation, and the server aggregates the survivors of a round
+    in which one sampled client failed."""
+    from fedmoe.fl.contract import ClientFailure
+    from fedmoe.fl.robust import screen
+
+    fed = Federation.from_config(_cfg(method))
+    spec = get_method(method)
+    server, client = spec.server(fed, fed.cfg.method_args), spec.client(fed, fed.cfg.method_args)
+    before = reloaded(server.state_dict())
+    tasks = server.plan(1, [0, 1, 2])
+    answers = [ClientFailure(t.client_id, "gone") if t.client_id == 1 else transported(client.update(t)) for t in tasks]
+    updates, failures = screen(fed, server, tasks, answers)
+    assert [u.client_id for u in updates] == [t.client_id for t in tasks if t.client_id != 1]
+    assert failures == ({1: "gone"} if method != "central" else {})
+    server.aggregate(1, updates)
+    assert not same(server.state_dict(), before)
+    assert next(iter(server.eval_models())) is not None

@@ -32,6 +32,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from fedmoe.config import RunConfig, from_dict, load_config  # noqa: E402
 from fedmoe.experiment import run, run_id  # noqa: E402
 from fedmoe.fl.contract import (  # noqa: E402
+    ClientFailure,
     ClientTask,
     ClientUpdate,
     task_from_json,
@@ -58,9 +59,10 @@ def _unpack(content: RecordDict) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def flower_executor(grid: Grid, timeout: float | None = None):
-    """An executor (see :mod:`fedmoe.experiment`) that runs tasks on the grid's SuperNodes."""
+    """An executor (see :mod:`fedmoe.experiment`) that runs tasks on the grid's SuperNodes; an error reply is
+    that client's :class:`ClientFailure` (a task without a reply is left to the runner, which logs it)."""
 
-    def execute(tasks: list[ClientTask]) -> list[ClientUpdate]:
+    def execute(tasks: list[ClientTask]) -> list[ClientUpdate | ClientFailure]:
         node_ids = sorted(grid.get_node_ids())
         if not node_ids:
             raise RuntimeError("no SuperNode is connected to the SuperLink; start at least one flower-supernode")
@@ -72,15 +74,17 @@ def flower_executor(grid: Grid, timeout: float | None = None):
             )
             for task in tasks
         ]
-        updates = []
-        for reply in grid.send_and_receive(messages, timeout=timeout):
+        replies = list(grid.send_and_receive(messages, timeout=timeout))  # sending sets each message's id
+        client_of = {m.metadata.message_id: t.client_id for m, t in zip(messages, tasks, strict=True)}
+        answers: list[ClientUpdate | ClientFailure] = []
+        for reply in replies:
+            client = client_of[reply.metadata.reply_to_message_id]
             if reply.has_error():
-                raise RuntimeError(f"a Flower client failed: {reply.error.reason}")
-            tensors, meta = _unpack(reply.content)
-            updates.append(update_from_json(meta, tensors))
-        if len(updates) != len(tasks):
-            raise RuntimeError(f"sent {len(tasks)} tasks but received {len(updates)} replies (timeout?)")
-        return updates
+                answers.append(ClientFailure(client, f"Flower error reply: {reply.error.reason}"))
+            else:
+                tensors, meta = _unpack(reply.content)
+                answers.append(update_from_json(meta, tensors))
+        return answers
 
     return execute
 

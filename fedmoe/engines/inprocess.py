@@ -15,15 +15,17 @@ from fedmoe.experiment import Executor
 from fedmoe.experiment import run as run_rounds
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.federation import Federation
+from fedmoe.fl.robust import answer_or_failure
 from fedmoe.methods.base import Client, MethodSpec
 
 
 def in_process_executor(spec: MethodSpec, fed: Federation) -> Executor:
-    """Build the method's client half once and run each task on it sequentially, in this process (on CUDA each
-    update's measured peak memory and seconds join its diagnostics: see :func:`measured_update`)."""
+    """Build the method's client half once and run each task on it sequentially, in this process; a task whose
+    client raises is answered by a :class:`~fedmoe.fl.contract.ClientFailure` naming the error, and on CUDA each
+    update's measured peak memory and seconds join its diagnostics (see :func:`measured_update`)."""
     client = spec.client(fed, fed.cfg.method_args)
     device = resolve_device(fed.cfg.device)
-    return lambda tasks: [measured_update(client, task, device) for task in tasks]
+    return lambda tasks: [answer_or_failure(lambda t: measured_update(client, t, device), task) for task in tasks]
 
 
 def measured_update(client: Client, task: ClientTask, device: torch.device) -> ClientUpdate:

@@ -6,7 +6,7 @@ experts to tune, its top-k, its learning rate...); the server's own ``notes`` on
 the seconds spent planning it) stay with the server and go to the round's log, never to the client. A
 :class:`ClientUpdate` separates what the server aggregates (``tensors`` and the JSON ``payload``) from
 what is only logged (``diagnostics``), beside the example count, training metrics, routed-token counts and
-the cost-model inputs (``work``).
+the cost-model inputs (``work``). A client that fails is reported as a :class:`ClientFailure` instead.
 """
 
 from __future__ import annotations
@@ -69,6 +69,15 @@ class ClientUpdate:
     def bytes_up(self) -> int:
         """Bytes the client uploads: the payload tensors as stored."""
         return tensor_bytes(self.tensors)
+
+
+@dataclass
+class ClientFailure:
+    """A client that did not deliver a usable update in a round, and why (an exception, a drop-out, no reply,
+    or an update the server rejected); engines return it in place of that client's :class:`ClientUpdate`."""
+
+    client_id: int
+    reason: str
 
 
 def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:

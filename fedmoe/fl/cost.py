@@ -22,7 +22,8 @@ overlap fraction ``a`` in [0, 1]::
     T_i      = total_i - hidden_i               # when client i's upload has arrived
     round    = max( max_i T_i + S,  max_i total_i )
 
-The server waits for the slowest upload, then spends ``S`` aggregating; meanwhile each client runs
+The server waits for the slowest upload (or, when a client never answers, for the round's timeout
+``W``: ``max_i T_i`` becomes ``max(max_i T_i, W)``), then spends ``S`` aggregating; meanwhile each client runs
 its hideable work (FLUX's *stale profiling*: profile the model it has while the server aggregates,
 and use that profile next round). With ``a = 0`` this is the synchronous ``max_i total_i + S``.
 
@@ -149,9 +150,12 @@ class RoundTime:
     hidden: float
 
 
-def round_time(client_times: Sequence[ClientTime], server_seconds: float = 0.0, overlap: float = 0.0) -> RoundTime:
+def round_time(client_times: Sequence[ClientTime], server_seconds: float = 0.0, overlap: float = 0.0,
+               wait_seconds: float = 0.0) -> RoundTime:
     """Round seconds: slowest sampled client, then the server; ``overlap`` (in [0, 1]) of each
-    client's forward-only work runs concurrently with waiting and aggregation (module docstring)."""
+    client's forward-only work runs concurrently with waiting and aggregation (module docstring).
+    ``wait_seconds``: the server waits at least this long before aggregating (the timeout of a round in
+    which some client never answered)."""
     if not client_times:
         raise ValueError("round_time needs at least one client's time; a round samples >= 1 client.")
     if server_seconds < 0:
@@ -160,9 +164,9 @@ def round_time(client_times: Sequence[ClientTime], server_seconds: float = 0.0, 
         raise ValueError(f"overlap must be in [0, 1] (the fraction of forward-only work hidden), got {overlap!r}.")
     arrivals = [t.total - overlap * t.forward for t in client_times]
     slowest = max(range(len(arrivals)), key=arrivals.__getitem__)
-    client_phase = arrivals[slowest]
+    client_phase = max(arrivals[slowest], wait_seconds)
     total = max(client_phase + server_seconds, max(t.total for t in client_times))
-    synchronous = max(t.total for t in client_times) + server_seconds
+    synchronous = max(max(t.total for t in client_times), wait_seconds) + server_seconds
     return RoundTime(total=total, client_phase=client_phase, server=server_seconds, slowest=slowest,
                      hidden=synchronous - total)
 

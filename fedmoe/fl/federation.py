@@ -31,14 +31,15 @@ def client_seed(seed: int, round_: int, client_id: int) -> int:
     return (seed * 1_000_003 + round_ * 10_007 + client_id) % (2**31 - 1)
 
 
-def sample_clients(seed: int, round_: int, num_clients: int, per_round: int) -> list[int]:
-    """Clients sampled in a round, a deterministic function of (seed, round) so resumed runs match."""
+def sample_clients(seed: int, round_: int, num_clients: int, per_round: int, attempt: int = 0) -> list[int]:
+    """Clients sampled in a round, a deterministic function of (seed, round) so resumed runs match; a retried
+    round (``attempt`` >= 1, see :mod:`fedmoe.fl.robust`) draws a fresh sample, as deterministically."""
     if not 0 < per_round <= num_clients:
         raise ValueError(
             f"clients_per_round={per_round} must be between 1 and num_clients={num_clients}; "
             "lower fed.clients_per_round or raise fed.num_clients"
         )
-    return sorted(random.Random(client_seed(seed, round_, -1)).sample(range(num_clients), per_round))
+    return sorted(random.Random(client_seed(seed, round_, -1 - attempt)).sample(range(num_clients), per_round))
 
 
 @dataclass
