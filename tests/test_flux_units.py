@@ -52,12 +52,17 @@ def test_layer_merge_budget_formula_by_hand():
     b = [3 / 0.05, 2 / var[1], 1 / var[2]]
     assert layer_merge_budget(freq2, [4, 4, 4], 6) == [min(4, max(1, math.floor(x / sum(b) * 6))) for x in b]
     assert layer_merge_budget(freq2, [4, 4, 4], 6) == [4, 1, 1]  # 6*60/80.56=4.47, 6*17.0/80.56=1.27, 0.26->1
-    assert layer_merge_budget(freq2, [4, 4, 4], 6, rounding="floor") == [4, 1, 1]
-    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform") == [3, 2, 0]  # 7/3 each, +1 to layer 0, clipped
-    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform", rounding="floor") == [2, 2, 0]
-    # shares 12 * [60, 17.02, 3.54] / 80.56 = [8.94, 2.54, 0.53]: floors [8, 2, 0], the 2 slots left go to
-    # layers 0 and 1 (largest remainders) -> [9, 3, 0], clipped to [8, 3, 1]
+    # floor of the water-filled shares: layer 2 held at 1, 5 slots split 60 : 17.02 -> [3.90, 1.10, 1]
+    assert layer_merge_budget(freq2, [4, 4, 4], 6, rounding="floor") == [3, 1, 1]
+    # uniform: layer 2 has no non-tuning expert; 7 slots over layers 0 and 1 (3.5 each, layer 1 full at 3):
+    # the half slot layer 1 cannot take goes to layer 0 (old code clipped it away: [3, 2, 0])
+    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform") == [4, 3, 0]
+    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform", rounding="floor") == [4, 3, 0]
+    # shares 12 * [60, 17.02, 3.54] / 80.56 = [8.94, 2.54, 0.53]: layer 0 full at 8, layer 2 held at 1,
+    # layer 1 takes the other 3
     assert layer_merge_budget(freq2, [8, 8, 8], 12) == [8, 3, 1]
+    with pytest.raises(ValueError, match="below one slot per layer"):
+        layer_merge_budget(freq, [4, 4, 4], 2)
     assert layer_merge_budget(freq, [4, 3, 2], 7, "one_per_layer") == [1, 1, 1]
 
 

@@ -7,7 +7,8 @@ model as *fractions* of its experts. Per routed expert of ``X`` parameters, trai
 moments); a frozen bf16 expert costs ``2X``. Shared weights (attention, embeddings, norms, routers,
 shared experts) and the activations of one batch are always resident.
 
-Also here: FLUX's layer-aware merge budget ``B_non(l) = floor(b_l / sum_k b_k * B_non)`` with
+Also here: FLUX's layer-aware merge budget ``B_non(l) = floor(b_l / sum_k b_k * B_non)`` (water-filled so it spends
+exactly B_non, see :func:`layer_merge_budget`) with
 ``b_l = (L - l + 1) / v_l`` (:func:`layer_merge_budget`).
 """
 
@@ -144,32 +145,68 @@ def expert_work(fed, pm: PricedModel, stats, *, trainable: int, slots: int, tune
 
 def layer_merge_budget(freq: torch.Tensor, non_tuning: list[int], total: int, mode: str = "layer_aware",
                        rounding: str = "largest_remainder") -> list[int]:
-    """Merged-expert slots per MoE layer.
+    """Merged-expert slots per MoE layer, summing exactly to ``total`` (``largest_remainder``).
 
     ``freq`` [L, E]: activation frequencies; ``non_tuning[l]``: non-tuning experts in layer l; ``total``:
-    B_non. ``layer_aware``: B_non(l) = floor(b_l / sum_k b_k * B_non), b_l = (L - l + 1) / v_l with
-    l = 1..L and v_l the variance of layer l's frequencies (shallow layers and flat layers get more
-    slots); ``uniform``: B_non / L each; ``one_per_layer``: 1. ``rounding="floor"`` is the paper's formula
-    (up to L - 1 slots stay unused); ``"largest_remainder"`` hands those slots to the largest fractional
-    parts. Each result is clipped to [1, non_tuning[l]] (0 where a layer has no non-tuning expert).
+    B_non. Layer weights: ``layer_aware``: b_l = (L - l + 1) / v_l with l = 1..L and v_l the variance of
+    layer l's frequencies (shallow layers and flat layers get more slots); ``uniform``: b_l = 1;
+    ``one_per_layer``: one slot per layer, whatever ``total``. The paper's B_non(l) = floor(b_l / sum_k b_k
+    * B_non) can hand a layer more slots than it has non-tuning experts; here the shares are *water-filled*:
+    x_l = clip(lambda * b_l, lo_l, hi_l) with lo_l = 1 (0 for a layer without non-tuning experts),
+    hi_l = non_tuning[l] and lambda chosen so that sum_l x_l = B_non, i.e. what a full layer cannot use goes
+    to the other layers in proportion to their b_l (never clipped away). ``rounding="largest_remainder"``
+    then rounds the x_l to integers with exactly B_non in total; ``"floor"`` takes floor(x_l) (the paper's
+    rounding: up to L - 1 slots stay unused). B_non is first clamped to [sum lo, sum hi]: never more slots
+    than non-tuning experts; a total below one slot per layer is an error (it would overspend).
     """
     num = freq.shape[0]
+    if len(non_tuning) != num:
+        raise ValueError(f"non_tuning has {len(non_tuning)} layers but freq has {num}")
+    lo = [1 if n > 0 else 0 for n in non_tuning]
+    hi = [int(n) for n in non_tuning]
     if mode == "one_per_layer":
-        raw = [1] * num
+        return lo
+    if mode == "layer_aware":
+        var = freq.double().var(dim=1, unbiased=False).clamp(min=1e-12)
+        b = (torch.tensor([num - i for i in range(num)], dtype=torch.float64) / var).tolist()  # L - l + 1
+    elif mode == "uniform":
+        b = [1.0] * num
     else:
-        if mode == "layer_aware":
-            var = freq.double().var(dim=1, unbiased=False).clamp(min=1e-12)
-            b = torch.tensor([num - i for i in range(num)], dtype=torch.float64) / var  # L - l + 1, l = i + 1
-        elif mode == "uniform":
-            b = torch.ones(num, dtype=torch.float64)
+        raise ValueError(f"merge budget mode {mode!r}; choose layer_aware, uniform or one_per_layer")
+    if rounding not in ("largest_remainder", "floor"):
+        raise ValueError(f"rounding {rounding!r}; choose floor or largest_remainder")
+    if total < sum(lo):
+        raise ValueError(f"merge budget {total} is below one slot per layer with non-tuning experts ({sum(lo)}); "
+                         "give at least that many merged slots (lower tune_memory_share or max_tune_fraction)")
+    target = min(total, sum(hi))
+    shares = water_fill(b, lo, hi, target)
+    alloc = [min(h, max(low, math.floor(x + 1e-9))) for x, low, h in zip(shares, lo, hi, strict=True)]
+    if rounding == "floor":
+        return alloc
+    order = sorted(range(num), key=lambda i: (-(shares[i] - alloc[i]), -b[i], i))
+    while sum(alloc) < target:  # each pass hands one slot to every layer with room, largest remainder first
+        for i in order:
+            if sum(alloc) < target and alloc[i] < hi[i]:
+                alloc[i] += 1
+    return alloc
+
+
+def water_fill(weights: list[float], lo: list[int], hi: list[int], total: float) -> list[float]:
+    """x_l = clip(lambda * w_l, lo_l, hi_l) with lambda such that sum x_l = ``total`` (bisection on log lambda;
+    ``total`` must lie in [sum lo, sum hi]). Shares a bounded layer cannot take go to the others in
+    proportion to their weights."""
+    if not sum(lo) - 1e-9 <= total <= sum(hi) + 1e-9:
+        raise ValueError(f"cannot water-fill {total} into bounds summing to [{sum(lo)}, {sum(hi)}]")
+
+    def filled(lam: float) -> list[float]:
+        return [min(h, max(low, lam * w)) for w, low, h in zip(weights, lo, hi, strict=True)]
+
+    positive = [w for w in weights if w > 0] or [1.0]
+    a, z = math.log(1e-300), math.log(max(max(hi), 1) / min(positive) * 2)
+    for _ in range(200):
+        mid = (a + z) / 2
+        if sum(filled(math.exp(mid))) < total:
+            a = mid
         else:
-            raise ValueError(f"merge budget mode {mode!r}; choose layer_aware, uniform or one_per_layer")
-        shares = (b / b.sum() * total).tolist()
-        raw = [math.floor(x + 1e-9) for x in shares]
-        if rounding == "largest_remainder":
-            order = sorted(range(num), key=lambda i: (-(shares[i] - raw[i]), i))
-            for i in order[: max(0, total - sum(raw))]:
-                raw[i] += 1
-        elif rounding != "floor":
-            raise ValueError(f"rounding {rounding!r}; choose floor or largest_remainder")
-    return [0 if n == 0 else min(n, max(1, r)) for r, n in zip(raw, non_tuning, strict=True)]
+            z = mid
+    return filled(math.exp(z))
