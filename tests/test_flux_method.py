@@ -108,12 +108,13 @@ def test_layer_adaptive_budget_beats_uniform_and_one_per_layer(tiny_moe):
     assert errors["layer_aware"] < errors["uniform"] < errors["one_per_layer"]
 
 
-def _fed(projection="llama-moe-3.5b", batch_size=8, max_length=128):
+def _fed(projection="llama-moe-3.5b", batch_size=8, max_length=128, fleet="consumer", **cost_options):
+    from fedmoe.config import CostConfig
     from fedmoe.fl.cost import CostModel
 
-    cost = CostModel.build("consumer", mode="projection", arch=projection)
+    cost = CostModel.build(fleet, mode="projection", arch=projection)
     cfg = SimpleNamespace(fed=SimpleNamespace(batch_size=batch_size, max_length=max_length),
-                          cost=SimpleNamespace(tokens_scale=1.0))
+                          cost=CostConfig(**cost_options))
     return SimpleNamespace(priced_config=cost.priced_config(None), cost=cost, cfg=cfg)
 
 

@@ -10,6 +10,7 @@ from fedmoe.experiment import run
 from fedmoe.fl.cost import ClientWork, check_fits
 from fedmoe.fl.federation import Federation
 from fedmoe.methods.base import get_method
+from fedmoe.methods.flux.attention import split_attention
 from fedmoe.methods.flux.experts import parse_key
 from fedmoe.results import load_rounds
 
@@ -29,12 +30,13 @@ def fed():
 
 
 def test_flux_client_uploads_only_tuning_experts_and_fits(fed):
-    method = get_method("flux")(fed, {"profile_examples": 8})
+    method = get_method("flux")(fed, {"profile_examples": 8, "exploration": "train", "zo_probes": 0,
+                                      "attention": "none"})
     tasks = method.plan(1, [0, 1])
     updates = [method.client_update(t) for t in tasks]
     before = {k: v.clone() for k, v in method.global_state.items()}
     for task, update in zip(tasks, updates, strict=True):
-        tuning = {(layer, e) for layer, t in enumerate(task.plan["tuning"]) for e in t}
+        tuning = {(layer, e) for layer, t in enumerate(update.extra["roles"]["trained"]) for e in t}
         assert {parse_key(k)[:2] for k in update.tensors} == tuning
         assert len(tuning) == method.tune_counts[task.client_id]
         check_fits(ClientWork.from_dict(update.work), fed.devices[task.client_id])
@@ -62,7 +64,9 @@ def test_baselines_price_offloading_dropping_and_quantization(fed):
     steps = u.metrics["steps"]
     assert u.work["host_device_bytes"] == (pm.total_experts - res) * (2 * pm.expert_bytes[16] + pm.expert_bytes[16]) * steps
     check_fits(ClientWork.from_dict(u.work), fed.devices[0])
-    assert len(u.tensors) == 2 * len(u.expert_tokens) * len(u.expert_tokens[0])  # every expert, both tensors
+    experts, attention = split_attention(u.tensors)
+    assert len(experts) == 2 * len(u.expert_tokens) * len(u.expert_tokens[0])  # every expert, both tensors
+    assert len(attention) == 2 * 2 * len(u.expert_tokens)  # LoRA A and B on q and v of every layer
     fmq = get_method("fmq")(fed, {})
     uq = fmq.client_update(fmq.plan(1, [0])[0])
     assert uq.work["host_device_bytes"] < u.work["host_device_bytes"] and uq.work["bytes_down"] < u.work["bytes_down"]
@@ -70,7 +74,7 @@ def test_baselines_price_offloading_dropping_and_quantization(fed):
     fmes = get_method("fmes")(fed, {"profile_examples": 8})
     ue = fmes.client_update(fmes.plan(1, [0])[0])
     kept = ue.extra["kept"]
-    assert {parse_key(k)[:2] for k in ue.tensors} == {(layer, e) for layer, idx in enumerate(kept) for e in idx}
+    assert {parse_key(k)[:2] for k in split_attention(ue.tensors)[0]} == {(layer, e) for layer, idx in enumerate(kept) for e in idx}
     assert all(len(idx) == fmes.kept[0] for idx in kept)
     for layer, row in enumerate(ue.expert_tokens):
         assert all(row[e] == 0 for e in range(len(row)) if e not in kept[layer])  # dropped experts saw nothing

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from fedmoe.methods.flux.assignment import eps_at, select_roles, utility, zo_grad_sq
+from fedmoe.methods.flux.assignment import eps_at, init_utilities, select_roles, utility, zo_grad_sq
 from fedmoe.methods.flux.budget import layer_merge_budget, spread, tiny_count
 from fedmoe.methods.flux.experts import aggregate_experts, expert_key
 from fedmoe.methods.flux.profiling import Profile, profile_error, received_attention
@@ -77,12 +77,46 @@ def test_eps_schedule_and_select_roles():
     assert eps_at(11, 11, "linear", 0.3, 0.9, 0.5) == pytest.approx(0.9)
     assert eps_at(4, 11, "fixed", 0.3, 0.9, 0.5) == 0.5
     u = torch.tensor([[5.0, float("nan"), 1.0], [4.0, 3.0, float("nan")]])
-    assert select_roles(u, 3, 1.0, random.Random(0)) == [[0], [0, 1]]  # top-3 known utilities
+    roles = select_roles(u, 3, 1.0, random.Random(0))
+    assert roles.exploit == [[0], [0, 1]] and roles.explore == [[], []]  # top-3 known utilities
     roles = select_roles(u, 4, 0.5, random.Random(0))  # 2 exploited (5.0, 4.0) + 2 explored
-    assert 0 in roles[0] and 0 in roles[1] and sum(map(len, roles)) == 4
-    assert sum(map(len, select_roles(u, 6, 0.0, random.Random(1)))) == 6
+    assert roles.exploit == [[0], [0]] and sum(map(len, roles.explore)) == 2
+    assert set(roles.pairs("explore")).isdisjoint(roles.pairs("exploit")) and len(roles.pairs("all")) == 4
+    assert sum(map(len, select_roles(u, 6, 0.0, random.Random(1)).all)) == 6
     with pytest.raises(ValueError, match="tuning budget"):
         select_roles(u, 7, 0.5, random.Random(0))
+
+
+def test_eps_ramp_is_the_papers_form():
+    # eps_t = min(eps_max, eps_0 + d * t), t = round - 1 (old code: no "ramp" schedule, a ValueError)
+    assert [eps_at(r, 50, "ramp", 0.3, 0.9, 0.5, step=0.2) for r in (1, 2, 3, 4, 10)] == pytest.approx(
+        [0.3, 0.5, 0.7, 0.9, 0.9])
+
+
+def test_first_round_utilities_come_from_activation_frequency():
+    """Paper: before any gradient is known, utilities = normalised activation frequency, so exploitation picks
+    the most-routed experts (old code: unknown utilities were NaN, never exploited)."""
+    tokens = torch.tensor([[10, 40, 0, 30], [5, 5, 80, 0]])
+    unknown = torch.full((2, 4), float("nan"), dtype=torch.float64)
+    u = init_utilities(unknown, tokens)
+    assert u.tolist() == [[10.0, 40.0, 0.0, 30.0], [5.0, 5.0, 80.0, 0.0]]  # g_bar = 1: |D_e| (ranks as f_e)
+    assert select_roles(u, 3, 1.0, random.Random(0)).exploit == [[1, 3], [2]]
+    # later: unknown entries on the known entries' scale, g_bar = sum u / sum |D_e| over known = (20 + 30) / (10 + 5)
+    known = unknown.clone()
+    known[0, 0], known[1, 0] = 20.0, 30.0
+    u = init_utilities(known, tokens)
+    assert u[0, 1].item() == pytest.approx(40 * 50 / 15) and u[0, 0].item() == 20.0
+    assert torch.isnan(init_utilities(unknown, tokens, "none")).all()
+    with pytest.raises(ValueError, match="utility init"):
+        init_utilities(unknown, tokens, "oort")
+
+
+def test_select_roles_keeps_one_trained_expert_when_exploration_is_only_scored():
+    u = torch.full((2, 4), float("nan"), dtype=torch.float64)
+    roles = select_roles(u, 2, 0.3, random.Random(0), min_exploit=1)  # round(0.6) = 1 anyway; budget 1 below
+    assert len(roles.pairs("exploit")) == 1 and len(roles.pairs("explore")) == 1
+    roles = select_roles(u, 1, 0.3, random.Random(0), min_exploit=1)  # round(0.3) = 0 -> 1 (nothing known)
+    assert len(roles.pairs("exploit")) == 1 and roles.pairs("explore") == []
 
 
 def test_utility_formula():

@@ -5,7 +5,12 @@ In ``cost.mode="projection"`` a device's memory is compared with a paper-scale a
 model as *fractions* of its experts. Per routed expert of ``X`` parameters, training costs
 ``X * (w + 2 + 8)`` bytes (weights at ``w`` bytes per parameter, bf16 gradients, Adam's two fp32
 moments); a frozen bf16 expert costs ``2X``. Shared weights (attention, embeddings, norms, routers,
-shared experts) and the activations of one batch are always resident.
+shared experts), the activations of one batch and the attention training state (``reserved``, see
+:mod:`fedmoe.methods.flux.attention`) are always resident.
+
+Offloading (FMD, FMQ; :func:`offload_work`): experts that do not fit stay in host RAM with their training
+state and cross the host link each step; the host runs their optimizer step. FMQ keeps a bf16 master copy
+of every 4-bit expert it trains and pays for dequantising (and re-quantising) 4-bit weights.
 
 Also here: FLUX's layer-aware merge budget ``B_non(l) = floor(b_l / sum_k b_k * B_non)`` (water-filled so it spends
 exactly B_non, see :func:`layer_merge_budget`) with
@@ -21,11 +26,17 @@ import torch
 
 from fedmoe.fl.cost import DoesNotFitError
 from fedmoe.fl.devices import DeviceProfile
-from fedmoe.fl.pricing import training_work
-from fedmoe.moe.memory import model_memory, param_counts, weight_bytes
+from fedmoe.fl.pricing import activation_bytes, training_work
+from fedmoe.methods.flux.attention import AttentionCost
+from fedmoe.moe.memory import param_counts, weight_bytes
 
 TRAIN_STATE_BYTES = 2 + 8  # bf16 gradient + Adam moments (fp32 x2) per trainable parameter
 BF16 = 2
+HOST_ADAM_BYTES = 2 + 2 * 2 + 2 * 8
+"""Host DRAM bytes one Adam step moves per parameter: read the bf16 gradient (2), read and write the bf16
+weight (4), read and write both fp32 moments (16). Adam does ~10 FLOPs per parameter, far below what a CPU
+does in the time these 22 bytes take, so the step is priced as memory-bound: traffic / host bandwidth."""
+NO_ATTENTION = AttentionCost(0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ def priced_model(fed) -> PricedModel:
         one, two = weight_bytes(config, experts_per_layer=1, bits=b), weight_bytes(config, experts_per_layer=2, bits=b)
         expert[bits] = (two - one) // layers
         shared[bits] = one - layers * expert[bits]
-    act = model_memory(config, batch_tokens=fed.cfg.fed.batch_size * fed.cfg.fed.max_length).activations
+    act = activation_bytes(config, fed.cfg.fed.batch_size * fed.cfg.fed.max_length, fed.cfg.cost.gradient_checkpointing)
     return PricedModel(layers, counts.experts_per_layer[0], counts.expert, int(config.num_experts_per_tok),
                        shared, expert, act)
 
@@ -68,12 +79,13 @@ def spread(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def _free(pm: PricedModel, device: DeviceProfile, bits: int, what: str) -> int:
-    free = device.memory_bytes - pm.shared_bytes[bits] - pm.activation_bytes
+def _free(pm: PricedModel, device: DeviceProfile, bits: int, what: str, reserved: int = 0) -> int:
+    free = device.memory_bytes - pm.shared_bytes[bits] - pm.activation_bytes - reserved
     if free < pm.expert_params * (pm.expert_bytes[bits] / pm.expert_params + TRAIN_STATE_BYTES):
         raise DoesNotFitError(f"{what}: {device.name} ({device.memory_bytes / 2**30:.1f} GiB) cannot hold the shared "
-                              "weights, one batch's activations and one trainable expert of the priced model; "
-                              "lower fed.batch_size / fed.max_length or price a smaller cost.projection.")
+                              "weights, one batch's activations, the attention training state and one trainable "
+                              "expert of the priced model; lower fed.batch_size / fed.max_length, use "
+                              "attention='lora', cost.gradient_checkpointing or a smaller cost.projection.")
     return free
 
 
@@ -88,12 +100,12 @@ class FluxBudget:
     slots_priced: int
 
 
-def flux_budget(pm: PricedModel, device: DeviceProfile, tune_memory_share: float, max_tune_fraction: float
-                ) -> FluxBudget:
-    """Tuning experts get ``tune_memory_share`` of the free memory (capped at ``max_tune_fraction`` of all
-    experts, at least one); merged bf16 slots fill the rest (at most the non-tuning experts, at least one per
-    layer)."""
-    free = _free(pm, device, 16, "FLUX")
+def flux_budget(pm: PricedModel, device: DeviceProfile, tune_memory_share: float, max_tune_fraction: float,
+                reserved: int = 0) -> FluxBudget:
+    """Tuning experts get ``tune_memory_share`` of the free memory (after ``reserved`` bytes, e.g. attention
+    training; capped at ``max_tune_fraction`` of all experts, at least one); merged bf16 slots fill the rest
+    (at most the non-tuning experts, at least one per layer)."""
+    free = _free(pm, device, 16, "FLUX", reserved)
     n = pm.total_experts
     per_tune = pm.expert_params * (BF16 + TRAIN_STATE_BYTES)
     tune = max(1, min(math.floor(max_tune_fraction * n), math.floor(tune_memory_share * free / per_tune)))
@@ -104,16 +116,47 @@ def flux_budget(pm: PricedModel, device: DeviceProfile, tune_memory_share: float
     return FluxBudget(tune / n, slots / n, tune, slots)
 
 
-def offload_resident(pm: PricedModel, device: DeviceProfile, bits: int) -> int:
-    """FMD/FMQ: trainable experts (weights at ``bits`` + training state) that fit on the device; the rest
-    are offloaded to host memory."""
-    free = _free(pm, device, bits, "FMD/FMQ")
-    return min(pm.total_experts, free // (pm.expert_bytes[bits] + pm.expert_params * TRAIN_STATE_BYTES))
+def master_bytes(bits: int) -> int:
+    """Bytes per parameter of the bf16 master copy a trained expert stored at ``bits`` < 16 needs (0 at 16)."""
+    return BF16 if bits < 16 else 0
 
 
-def fmes_kept(pm: PricedModel, device: DeviceProfile) -> int:
-    """FMES: experts per layer (same in every layer) that fit on the device, all trained at bf16."""
-    free = _free(pm, device, 16, "FMES")
+def offload_resident(pm: PricedModel, device: DeviceProfile, bits: int, reserved: int = 0) -> int:
+    """FMD/FMQ: trainable experts (weights at ``bits``, a bf16 master copy when ``bits`` < 16, training
+    state) that fit on the device after ``reserved`` bytes; the rest are offloaded to host memory."""
+    free = _free(pm, device, bits, "FMD/FMQ", reserved)
+    per_expert = pm.expert_bytes[bits] + pm.expert_params * (master_bytes(bits) + TRAIN_STATE_BYTES)
+    return min(pm.total_experts, free // per_expert)
+
+
+def offload_work(pm: PricedModel, resident: int, bits: int, steps: int, transfers_per_step: int) -> dict[str, int]:
+    """Cost-model inputs of FMD (``bits`` = 16) / FMQ (4) offloading, for ``steps`` optimizer steps.
+
+    With ``n_off`` = experts offloaded, X parameters each, weights of ``w_b`` bytes at ``bits`` and
+    ``q`` = NF4 bytes per parameter:
+
+    - host link, per step: ``n_off * ((transfers_per_step - 1) * w_b + 2X)`` (weights in for the forward and
+      the backward pass, bf16 gradients out);
+    - host RAM: ``n_off * (w_b + X * (master + 10))`` (weights, FMQ's bf16 master, gradient, Adam moments);
+    - host DRAM traffic, per step: ``n_off * X * 22`` (the host Adam step, :data:`HOST_ADAM_BYTES`), plus for
+      FMQ ``n_off * X * (2 + q)`` (re-quantising the updated master to 4 bits before sending it);
+    - device DRAM traffic, per step (FMQ only): every expert dequantised for the forward and the backward pass
+      and each resident one re-quantised after its update: ``(2 * all + resident) * X * (q + 2)``.
+    """
+    x, offloaded = pm.expert_params, pm.total_experts - resident
+    quant = pm.expert_bytes[4] / x + BF16  # read 4-bit + write bf16 (or the reverse) per parameter
+    link = offloaded * ((transfers_per_step - 1) * pm.expert_bytes[bits] + pm.expert_bytes[16])
+    host_traffic = offloaded * x * (HOST_ADAM_BYTES + (quant if bits < 16 else 0))
+    device_traffic = (2 * pm.total_experts + resident) * x * quant if bits < 16 else 0
+    return {"host_device_bytes": int(link * steps),
+            "host_memory_bytes": int(offloaded * (pm.expert_bytes[bits] + x * (master_bytes(bits) + TRAIN_STATE_BYTES))),
+            "host_memory_traffic": int(host_traffic * steps), "device_memory_traffic": int(device_traffic * steps)}
+
+
+def fmes_kept(pm: PricedModel, device: DeviceProfile, reserved: int = 0) -> int:
+    """FMES: experts per layer (same in every layer) that fit on the device after ``reserved`` bytes, all
+    trained at bf16."""
+    free = _free(pm, device, 16, "FMES", reserved)
     per_layer = free // (pm.expert_params * (BF16 + TRAIN_STATE_BYTES) * pm.num_layers)
     if per_layer < 1:
         raise DoesNotFitError(f"FMES: {device.name} cannot hold one trainable expert per MoE layer of the priced model.")
@@ -127,19 +170,24 @@ def tiny_count(fraction: float, total: int, minimum: int = 1) -> int:
 
 def expert_work(fed, pm: PricedModel, stats, *, trainable: int, slots: int, tuned_token_share: float,
                 bits: int = 16, bytes_down: float, bytes_up: float, forward_tokens: int = 0,
-                host_device_bytes: float = 0) -> dict[str, float]:
+                attention: AttentionCost = NO_ATTENTION, offload: dict[str, int] | None = None) -> dict[str, float]:
     """Cost-model inputs of a round that trains ``trainable`` routed experts of the priced model while
     ``slots`` expert slots are resident (at least one per layer is priced); ``tuned_token_share`` of routed
-    tokens reach a trained expert."""
+    tokens reach a trained expert. ``attention``: the attention training priced on top (memory, FLOPs, and its
+    tensors added to ``bytes_down`` and ``bytes_up``); ``offload``: :func:`offload_work`'s quantities.
+    With ``bits`` < 16 the trained experts' bf16 master copies are resident too."""
     cfg = fed.cfg.fed
+    trained_attention = attention.params if attention.adapter_active == 0 else attention.adapter_active
     return training_work(
         fed, tokens=stats.tokens, seq_len=stats.tokens / max(stats.examples, 1),
         batch_tokens=cfg.batch_size * cfg.max_length, trainable_params=trainable * pm.expert_params,
-        trainable_active=int(pm.num_layers * pm.top_k * pm.expert_params * tuned_token_share),
-        bytes_down=int(bytes_down), bytes_up=int(bytes_up),
+        trainable_active=int(pm.num_layers * pm.top_k * pm.expert_params * tuned_token_share) + trained_attention,
+        adapter_active=attention.adapter_active,
+        bytes_down=int(bytes_down) + attention.wire_bytes, bytes_up=int(bytes_up) + attention.wire_bytes,
         experts_per_layer=[max(1, s) for s in spread(slots, pm.num_layers)],
         bits={"experts": bits, "linears": bits}, forward_tokens=forward_tokens,
-        host_device_bytes=int(host_device_bytes),
+        extra_memory_bytes=attention.memory_bytes + trainable * pm.expert_params * master_bytes(bits),
+        **(offload or {}),
     )
 
 

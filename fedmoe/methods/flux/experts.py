@@ -1,10 +1,12 @@
 """Federated training of routed experts' full weights (FLUX and its baselines FMD, FMQ, FMES).
 
-Only routed experts train; attention, embeddings, norms and routers stay frozen. The server holds the
-fused expert tensors of every MoE layer; a client uploads the experts it trained, keyed
-``"{layer}.{expert}.{param}"``; :func:`aggregate_experts` averages each expert over the clients that
-trained it, weighted by the tokens each routed to it (an expert nobody trained, or to which no client
-routed a token, keeps its value).
+Routed experts train, and attention as the method's ``attention`` option says (LoRA on q/v, full q/k/v/o
+or frozen: :mod:`fedmoe.methods.flux.attention`); embeddings, norms and routers stay frozen. The server holds
+the fused expert tensors of every MoE layer (and the attention tensors); a client uploads the experts it
+trained, keyed ``"{layer}.{expert}.{param}"``; :func:`aggregate_experts` averages each expert over the
+clients that trained it, weighted by the tokens each routed to it (an expert nobody trained, or to which no
+client routed a token, keeps its value). Attention tensors are averaged over all the round's clients,
+weighted by their example counts (FedAvg).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedmoe.fl.aggregate import weighted_average
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.methods.base import Method
+from fedmoe.methods.flux import attention as attn
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS, freeze_experts
 from fedmoe.train import TrainStats, finetune
@@ -151,11 +155,12 @@ class ExpertTraining:
 
 
 def train_experts(fed, model: nn.Module, task: ClientTask, examples, frozen: Sequence[Iterable[int]] | None = None,
-                  **overrides) -> ExpertTraining:
-    """Fine-tune only the fused expert tensors of ``model`` on ``examples``, keeping slots ``frozen[l]``
-    bit-identical (gradient mask + restore), and record per-slot gradient norms."""
+                  extra_params: Sequence[nn.Parameter] = (), **overrides) -> ExpertTraining:
+    """Fine-tune the fused expert tensors of ``model`` (and ``extra_params``, e.g. attention) on ``examples``,
+    keeping expert slots ``frozen[l]`` bit-identical (gradient mask + restore), and record per-slot gradient
+    norms."""
     layers = moe_layers(model)
-    params = [getattr(layer.experts, name) for layer in layers for name in EXPERT_PARAMS]
+    params = [getattr(layer.experts, name) for layer in layers for name in EXPERT_PARAMS] + list(extra_params)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -176,25 +181,29 @@ def train_experts(fed, model: nn.Module, task: ClientTask, examples, frozen: Seq
 
 
 class ExpertMethod(Method):
-    """Server side shared by FLUX, FMD, FMQ and FMES: global fused experts, token-weighted per-expert
-    aggregation, the global model for evaluation, and resumable state."""
+    """Server side shared by FLUX, FMD, FMQ and FMES: global fused experts and attention tensors, token-weighted
+    per-expert aggregation, FedAvg of attention, the global model for evaluation, and resumable state."""
 
     def __init__(self, fed, args=None):
         super().__init__(fed, args)
         self._server = fed.base_model()
         self._server.requires_grad_(False)
-        self.global_state = fused_state(self._server)
+        self.global_state = {**fused_state(self._server), **attn.initial_state(self._server, self.args, fed.cfg.seed)}
 
     def global_model(self) -> nn.Module:
-        """A fresh base model holding the current global experts (for a client's task)."""
-        return load_fused_state(self.fed.base_model(), self.global_state)
+        """A fresh plain base model holding the current global experts (and ``full`` attention weights)."""
+        model = load_fused_state(self.fed.base_model(), self.global_state)
+        return attn.load_attention(model, self.args, self.global_state)
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
-        self.global_state, info = aggregate_experts(
-            self.global_state, [u.tensors for u in updates], [u.expert_tokens for u in updates])
+        experts, _ = attn.split_attention(self.global_state)
+        uploads = [attn.split_attention(u.tensors) for u in updates]
+        experts, info = aggregate_experts(experts, [e for e, _ in uploads], [u.expert_tokens for u in updates])
+        attention = {}
+        if self.args.attention != "none":
+            attention = weighted_average([a for _, a in uploads], [u.num_examples for u in updates])
+        self.global_state = {**experts, **attention}
         return {"clients": len(updates), **info}
 
     def eval_model(self):
-        load_fused_state(self._server, self.global_state)
-        self._server.eval()
-        return self._server
+        return attn.attach(self.global_model(), self.args, self.global_state).eval()

@@ -14,8 +14,9 @@ from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import ClientWork, check_fits, token_flops
 from fedmoe.fl.federation import client_seed
 from fedmoe.methods.base import register
+from fedmoe.methods.flux import attention as attn
 from fedmoe.methods.flux.args import FluxArgs
-from fedmoe.methods.flux.assignment import eps_at, select_roles, utility, zo_grad_sq
+from fedmoe.methods.flux.assignment import eps_at, init_utilities, select_roles, utility, zo_grad_sq
 from fedmoe.methods.flux.budget import (
     expert_work,
     flux_budget,
@@ -30,17 +31,11 @@ from fedmoe.methods.flux.profiling import (
     example_batches,
     profile_error,
     profile_model,
+    profile_subset,
     quantized_profile,
 )
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS
-
-
-def profile_subset(examples: list, n: int, seed: int) -> list:
-    """The ``n`` local examples a client profiles (a seeded sample, the same every round)."""
-    if len(examples) <= n:
-        return list(examples)
-    return random.Random(seed).sample(list(examples), n)
 
 
 @register("flux")
@@ -54,9 +49,10 @@ class Flux(ExpertMethod):
         layers = moe_layers(self._server)
         self.num_layers, self.num_experts = len(layers), layers[0].num_router_experts
         self.pm = priced_model(fed)
+        self.attention_cost = attn.priced_attention(fed.priced_config, self.args)
         n = self.num_layers * self.num_experts
-        self.budgets = [flux_budget(self.pm, d, self.args.tune_memory_share, self.args.max_tune_fraction)
-                        for d in fed.devices]
+        self.budgets = [flux_budget(self.pm, d, self.args.tune_memory_share, self.args.max_tune_fraction,
+                                    self.attention_cost.memory_bytes) for d in fed.devices]
         self.tune_counts = [tiny_count(b.tune, n) for b in self.budgets]
         self.slot_counts = [min(n - t, tiny_count(b.slots, n, self.num_layers))
                             for b, t in zip(self.budgets, self.tune_counts, strict=True)]
@@ -68,23 +64,35 @@ class Flux(ExpertMethod):
     def eps(self, round_: int) -> float:
         """eps of this round (:func:`eps_at`)."""
         a = self.args
-        return eps_at(round_, self.fed.cfg.fed.rounds, a.eps_schedule, a.eps_start, a.eps_end, a.eps_fixed)
+        return eps_at(round_, self.fed.cfg.fed.rounds, a.eps_schedule, a.eps_start, a.eps_end, a.eps_fixed,
+                      a.eps_step)
 
     def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
-        tasks = []
+        """Each client's task: its utility row, tuning budget, eps and merge slots. Roles are picked where the
+        profile they need is (:meth:`assign`: the client, which holds its fresh or stale profile)."""
         eps = self.eps(round_)
-        for c in clients:
-            t0 = time.perf_counter()
-            rng = random.Random(client_seed(self.fed.cfg.seed, round_, c))
-            tuning = select_roles(self.utilities[c], self.tune_counts[c], eps, rng)
-            unknown = [[int(layer), int(e)] for layer, e in torch.isnan(self.utilities[c]).nonzero().tolist()
-                       if e not in tuning[layer]]
-            probes = rng.sample(unknown, min(len(unknown), self.tune_counts[c])) if self.args.zo_probes else []
-            plan = {"tuning": tuning, "merge_slots": self.slot_counts[c], "eps": eps, "probes": probes,
-                    "profile": self.profiles.get(c) if self.args.stale else None,
-                    "assign_seconds": time.perf_counter() - t0}
-            tasks.append(ClientTask(c, round_, self.global_state, plan))
-        return tasks
+        return [ClientTask(c, round_, self.global_state,
+                           {"utilities": self.utilities[c].tolist(), "tune_budget": self.tune_counts[c],
+                            "merge_slots": self.slot_counts[c], "eps": eps,
+                            "profile": self.profiles.get(c) if self.args.stale else None})
+                for c in clients]
+
+    def assign(self, task: ClientTask, profile: Profile):
+        """(roles, ZO probe pairs) of ``task`` from ``profile``: utilities initialised per ``utility_init``,
+        :func:`select_roles` (at least one trained expert when exploration is only scored); ``score``: the
+        exploration experts are the probes; ``train``: up to B_tune unknown non-tuning experts (if
+        ``zo_probes``)."""
+        a = self.args
+        rng = random.Random(client_seed(self.fed.cfg.seed, task.round, task.client_id))
+        known = torch.tensor(task.plan["utilities"], dtype=torch.float64)
+        utilities = init_utilities(known, profile.tokens, a.utility_init)
+        roles = select_roles(utilities, task.plan["tune_budget"], task.plan["eps"], rng,
+                             min_exploit=1 if a.exploration == "score" else 0)
+        if a.exploration == "score":
+            return roles, [list(p) for p in roles.pairs("explore")]
+        tuning = roles.all
+        unknown = [[layer, e] for layer, e in torch.isnan(known).nonzero().tolist() if e not in tuning[layer]]
+        return roles, rng.sample(unknown, min(len(unknown), task.plan["tune_budget"])) if a.zo_probes else []
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
         info = super().aggregate(round_, updates)
@@ -118,26 +126,32 @@ class Flux(ExpertMethod):
         examples = fed.client_data(c)
         probe_set = profile_subset(examples, a.profile_examples, client_seed(fed.cfg.seed, 0, c))
         batches = example_batches(fed.tokenizer, probe_set, max_length=cfg.max_length, batch_size=cfg.batch_size)
-        model = load_fused_state(fed.base_model(), task.tensors)
+        model = attn.load_attention(load_fused_state(fed.base_model(), task.tensors), a, task.tensors)
+        full_model = attn.folded(model, a, task.tensors)  # what the global model computes (for forward-only work)
         t0 = time.perf_counter()
-        current = quantized_profile(model, batches, scheme=a.profile_scheme)
+        current = quantized_profile(full_model, batches, scheme=a.profile_scheme)
         profile_wall = time.perf_counter() - t0
         stale = a.stale and task.plan.get("profile") is not None
         used = Profile.from_dict(task.plan["profile"]) if stale else current
         extra: dict = {}
         if a.diagnostics:
-            full = profile_model(model, batches)
+            full = profile_model(full_model, batches)
             extra["profile_error"] = profile_error(current, full)
             extra["stale_error"] = profile_error(used, full) if stale else None
-            reference = copy.deepcopy(model).eval()
-        tuning = [list(t) for t in task.plan["tuning"]]
+            reference = copy.deepcopy(full_model).eval()
         t1 = time.perf_counter()
-        budget = layer_merge_budget(used.freq, [self.num_experts - len(t) for t in tuning],
+        roles, probes = self.assign(task, used)
+        assign_wall = time.perf_counter() - t1
+        tuning = roles.exploit if a.exploration == "score" else roles.all
+        alone = roles.all  # scored exploration experts stay unmerged (frozen) so their probes perturb them
+        t1 = time.perf_counter()
+        budget = layer_merge_budget(used.freq, [self.num_experts - len(t) for t in alone],
                                     task.plan["merge_slots"], a.merge_budget, a.merge_rounding)
-        merge = plan_merge(model, tuning, budget, used, weights=a.merge_weights, drop=a.drop, pca_dim=a.pca_dim,
+        merge = plan_merge(model, alone, budget, used, weights=a.merge_weights, drop=a.drop, pca_dim=a.pca_dim,
                            seed=client_seed(fed.cfg.seed, task.round, c))
         apply_merge(model, merge)
         merge_wall = time.perf_counter() - t1
+        model = attn.attach(model, a, task.tensors)
         if a.diagnostics:
             model.eval()
             extra["merge_error"] = output_error(reference, model, batches)
@@ -145,18 +159,19 @@ class Flux(ExpertMethod):
         layers = moe_layers(model)
         frozen = [sorted({int(layer.expert_map[e]) for e in range(self.num_experts) if e not in tune})
                   for layer, tune in zip(layers, tuning, strict=True)]
-        zo = self._zero_order(model, task, batches[0]) if a.zo_probes and task.plan.get("probes") else {}
-        trained = train_experts(fed, model, task, examples, frozen)
+        zo = self._zero_order(model, task, probes, batches[0]) if a.zo_probes and probes else {}
+        trained = train_experts(fed, model, task, examples, frozen, extra_params=attn.trainable(model, a))
         stats = trained.stats
         pairs = [(layer, e) for layer, tune in enumerate(tuning) for e in tune]
         grad_sq = {f"{layer}.{e}": float(trained.grad_sq[layer, int(layers[layer].expert_map[e])]) for layer, e in pairs}
         counts = stats.expert_counts.double()
         tuned_share = float(sum(counts[layer, e] for layer, e in pairs) / counts.sum().clamp(min=1))
         extra.update({"profile": current.to_dict(), "grad_sq": {**zo, **grad_sq}, "tuning": len(pairs),
+                      "roles": {"exploit": roles.exploit, "explore": roles.explore, "trained": tuning},
                       "slots": merge.slots, "merge_budget": budget, "stale": stale, "tuned_token_share": tuned_share,
-                      "profile_wall": profile_wall, "merge_wall": merge_wall,
-                      "assign_wall": task.plan.get("assign_seconds", 0.0)})
-        update = ClientUpdate(c, task.round, expert_tensors(model, pairs), num_examples=len(examples),
+                      "profile_wall": profile_wall, "merge_wall": merge_wall, "assign_wall": assign_wall})
+        tensors = {**expert_tensors(model, pairs), **attn.attention_state(model, a)}
+        update = ClientUpdate(c, task.round, tensors, num_examples=len(examples),
                               metrics={"loss": stats.mean_loss, "steps": stats.steps, "tokens": stats.tokens},
                               expert_tokens=stats.expert_counts.tolist(), extra=extra)
         update.work = self.price(c, stats, len(pairs), sum(merge.slots), tuned_share, current.n_tokens, stale,
@@ -165,9 +180,9 @@ class Flux(ExpertMethod):
         extra["profile_sim_seconds"] = self._forward_seconds(stats, current.n_tokens, fed.devices[c])
         return update
 
-    def _zero_order(self, model, task: ClientTask, batch: dict) -> dict[str, float]:
-        """ZO estimates of ||g||^2 for the plan's probe experts (their merged slots), on one local batch
-        (loss on the batch's non-padding tokens)."""
+    def _zero_order(self, model, task: ClientTask, probes: list, batch: dict) -> dict[str, float]:
+        """ZO estimates of ||g||^2 for the ``probes`` (layer, expert) pairs (the slot each routes to: its own
+        for scored exploration experts), on one local batch (loss on the batch's non-padding tokens)."""
         a, layers = self.args, moe_layers(model)
         batch = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
         gen = torch.Generator().manual_seed(client_seed(self.fed.cfg.seed, task.round, task.client_id))
@@ -177,7 +192,7 @@ class Flux(ExpertMethod):
             return float(model(**batch).loss)
 
         out = {}
-        for layer, e in task.plan["probes"]:
+        for layer, e in probes:
             slot = int(layers[layer].expert_map[e])
             tensors = [getattr(layers[layer].experts, n).data[slot] for n in EXPERT_PARAMS]
             out[f"{layer}.{e}"] = zo_grad_sq(loss, tensors, a.zo_sigma, a.zo_probes, gen)
@@ -188,23 +203,25 @@ class Flux(ExpertMethod):
         f = token_flops(self.fed.priced_config, seq_len=max(1, int(stats.tokens / max(stats.examples, 1))))
         return f.forward * tokens * self.fed.cfg.cost.tokens_scale / (device.bf16_flops * device.mfu)
 
-    def price(self, client: int, stats, tuned: int, merged_slots: int, tuned_share: float, profile_tokens: int,
+    def price(self, client: int, stats, tuned: int, resident_slots: int, tuned_share: float, profile_tokens: int,
               hidden: bool, zo_forwards: int = 0) -> dict[str, float]:
-        """Cost-model inputs: the client's structure as fractions of the priced model's experts; downloads its
-        bf16 experts (tuning + merged) and the INT4 global experts it profiles; uploads its tuning experts.
-        Profiling is forward-only work, hidden by the overlap when stale; otherwise (and for zeroth-order
-        probes) it is added to the training compute. The result fits the device by construction of
-        :func:`flux_budget` (checked in :meth:`client_update`)."""
+        """Cost-model inputs: the client's structure as fractions of the priced model's experts
+        (``resident_slots``: every expert slot it holds, tuned, scored and merged). The client merges, so it
+        downloads every global expert in bf16 (and quantizes its own profiling copy: no 4-bit download);
+        uploads its trained experts; attention tensors go both ways. Profiling is forward-only work, hidden
+        by the overlap when stale; otherwise (and for zeroth-order probes) it is added to the training
+        compute. The result fits the device by construction of :func:`flux_budget` (checked in
+        :meth:`client_update`)."""
         pm, n_tiny, budget = self.pm, self.num_layers * self.num_experts, self.budgets[client]
         # The trained model's structure as fractions of the priced model's experts, capped by the budget where
         # the trained model has too few experts to express it (e.g. at least one tuning expert).
         trainable = min(budget.tune_priced, math.floor(tuned / n_tiny * pm.total_experts))
         slots = min(budget.tune_priced + budget.slots_priced,
-                    max(trainable + pm.num_layers, math.floor((tuned + merged_slots) / n_tiny * pm.total_experts)))
+                    max(trainable + pm.num_layers, math.floor(resident_slots / n_tiny * pm.total_experts)))
         work = expert_work(
             self.fed, pm, stats, trainable=trainable, slots=slots, tuned_token_share=tuned_share,
-            bytes_down=slots * pm.expert_bytes[16] + pm.total_experts * pm.expert_bytes[4],
-            bytes_up=trainable * pm.expert_bytes[16], forward_tokens=profile_tokens if hidden else 0)
+            bytes_down=pm.total_experts * pm.expert_bytes[16], bytes_up=trainable * pm.expert_bytes[16],
+            forward_tokens=profile_tokens if hidden else 0, attention=self.attention_cost)
         visible = (0 if hidden else profile_tokens) + zo_forwards * self.fed.cfg.fed.batch_size * self.fed.cfg.fed.max_length
         if visible:
             f = token_flops(self.fed.priced_config, seq_len=max(1, int(stats.tokens / max(stats.examples, 1))))
