@@ -9,6 +9,7 @@ from fedmoe.config import load_config
 from fedmoe.experiment import run
 from fedmoe.fl.cost import ClientWork, check_fits
 from fedmoe.fl.federation import Federation
+from fedmoe.fl.pricing import lora_params
 from fedmoe.methods.base import get_method
 from fedmoe.methods.flux.attention import split_attention
 from fedmoe.methods.flux.experts import parse_key
@@ -111,3 +112,52 @@ def test_fedit_nf4_fits_the_smallest_device_where_bf16_fedit_does_not(fed):
     base_w = fed.base_model().model.layers[0].self_attn.q_proj.weight
     q_w = q._server.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
     assert not torch.equal(base_w, q_w) and torch.allclose(base_w, q_w, atol=0.2 * float(base_w.abs().max()))
+
+
+def test_flux_scores_exploration_experts_without_training_them_and_downloads_bf16(fed):
+    """Paper defaults: utilities start from activation frequency, exploration experts are only scored by
+    zeroth-order probes (not trained, not uploaded, left bit-identical), and the client, which merges, is
+    priced for downloading every expert in bf16 (old code: tuning + merged slots in bf16 plus a 4-bit copy of
+    every expert)."""
+    method = get_method("flux")(fed, {"profile_examples": 8, "eps_start": 0.5, "attention": "none"})
+    method.tune_counts[0] = 4  # the smoke model's budgets allow one tuning expert; give the roles room
+    task = method.plan(1, [0])[0]
+    update = method.client_update(task)
+    roles = update.extra["roles"]
+    exploit = {(layer, e) for layer, row in enumerate(roles["exploit"]) for e in row}
+    explore = {(layer, e) for layer, row in enumerate(roles["explore"]) for e in row}
+    assert exploit and explore and roles["trained"] == roles["exploit"]
+    assert {parse_key(k)[:2] for k in update.tensors} == exploit  # only exploitation experts uploaded
+    assert {tuple(int(x) for x in k.split(".")) for k in update.extra["grad_sq"]} == exploit | explore  # all scored
+    pm = method.pm
+    assert update.work["bytes_down"] == pm.total_experts * pm.expert_bytes[16]
+    # frequency initialisation: with nothing known, exploitation takes the most-routed experts of the profile
+    tokens = update.extra["profile"]["tokens"]
+    others = [tokens[layer][e] for layer, row in enumerate(tokens) for e in range(len(row)) if (layer, e) not in exploit]
+    assert min(tokens[layer][e] for layer, e in exploit) >= max(others)
+
+
+def test_attention_lora_is_trained_aggregated_and_priced(fed):
+    fmd = get_method("fmd")(fed, {})
+    experts0, attention0 = split_attention(fmd.global_state)
+    assert attention0 and all("lora_" in k for k in attention0)
+    tasks = fmd.plan(1, [0, 1])
+    updates = [fmd.client_update(t) for t in tasks]
+    for u in updates:
+        _, attention = split_attention(u.tensors)
+        assert set(attention) == set(attention0)
+        assert any(not torch.equal(attention[k], attention0[k]) for k in attention)  # trained (B starts at 0)
+    expected = {k: (updates[0].num_examples * updates[0].tensors[k].double()
+                    + updates[1].num_examples * updates[1].tensors[k].double())
+                / (updates[0].num_examples + updates[1].num_examples) for k in attention0}
+    fmd.aggregate(1, updates)
+    for k, v in expected.items():
+        assert torch.allclose(fmd.global_state[k].double(), v, atol=1e-6)  # FedAvg by example counts
+    frozen = get_method("fmd")(fed, {"attention": "none"})
+    u_none = frozen.client_update(frozen.plan(1, [0])[0])
+    assert not split_attention(u_none.tensors)[1]
+    lora = lora_params(fed.priced_config, 8, attention=True, experts=False).total
+    assert updates[0].work["bytes_up"] - u_none.work["bytes_up"] == 2 * lora
+    assert fmd.resident[0] <= frozen.resident[0]  # the adapter's training state takes device memory first
+    check_fits(ClientWork.from_dict(updates[0].work), fed.devices[0])
+    assert fmd.eval_model()(input_ids=torch.tensor([[5, 6, 7]])).logits.shape[-1] > 0  # eval model carries it

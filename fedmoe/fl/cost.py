@@ -22,13 +22,15 @@ overlap fraction ``a`` in [0, 1]::
 
     hidden_i = a * forward_i                    # forward-only work that may run concurrently
     T_i      = total_i - hidden_i               # when client i's upload has arrived
-    round    = max( max_i T_i + S,  max_i total_i )
+    round    = max( max_i T_i + S,  max_i (T_i - upload_i + hidden_i - download_i) )
 
 The server waits for the slowest upload, then spends ``S`` aggregating; meanwhile each client runs
-its hideable work (FLUX's *stale profiling*: profile the model it has while the server aggregates,
-and use that profile next round). A client that arrives before the straggler hides its work in the
-straggler wait ``max_j T_j - T_i`` plus ``S``; only the straggler is limited to ``S``. With ``a = 0``
-this is the synchronous ``max_i total_i + S``.
+its hideable work on its otherwise idle accelerator (FLUX's *stale profiling*: profile the model it
+has and use that profile next round). That work starts when its training ends, so it overlaps the
+client's own upload, the straggler wait ``max_j T_j - T_i``, the server's ``S`` and the client's next
+download (the model it profiles is already local; the next round only needs the profile once its
+download is in), priced with this round's ``download_i`` (steady state: the same payload every
+round). With ``a = 0`` this is the synchronous ``max_i total_i + S``.
 
 Parameter counts and FLOPs (:func:`matmul_params`, :func:`token_flops`) come from an HF config
 alone, so paper-scale architectures are priced without building them; counts are those of
@@ -185,7 +187,8 @@ def round_time(client_times: Sequence[ClientTime], server_seconds: float = 0.0, 
     arrivals = [t.total - overlap * t.forward for t in client_times]
     slowest = max(range(len(arrivals)), key=arrivals.__getitem__)
     client_phase = arrivals[slowest]
-    total = max(client_phase + server_seconds, max(t.total for t in client_times))
+    hidden_ends = [a - t.upload + overlap * t.forward - t.download for a, t in zip(arrivals, client_times, strict=True)]
+    total = max(client_phase + server_seconds, max(hidden_ends))
     synchronous = max(t.total for t in client_times) + server_seconds
     return RoundTime(total=total, client_phase=client_phase, server=server_seconds, slowest=slowest,
                      hidden=synchronous - total)

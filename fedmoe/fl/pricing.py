@@ -99,6 +99,7 @@ def training_work(
     host_memory_bytes: int = 0,
     host_memory_traffic: int = 0,
     device_memory_traffic: int = 0,
+    compute_experts_per_layer: int | list[int] | None = None,
 ) -> dict[str, float]:
     """Price one client's round (see the module docstring); returns ``ClientWork`` as a dict.
 
@@ -107,11 +108,14 @@ def training_work(
     parameters + activations of ``batch_tokens`` tokens (:func:`activation_bytes`; with
     ``cost.gradient_checkpointing`` also one recomputed forward pass per token) + ``extra_memory_bytes``
     (e.g. adapter weights). The host-side quantities pass through to ``ClientWork``.
+    ``experts_per_layer`` sizes the resident weights and, unless ``compute_experts_per_layer`` is given
+    (offloaded experts still compute), the FLOPs.
     """
     config = fed.priced_config
     scale = fed.cfg.cost.tokens_scale
     checkpointing = fed.cfg.cost.gradient_checkpointing
-    flops = token_flops(config, seq_len=max(1, int(seq_len)), top_k=top_k, experts_per_layer=experts_per_layer,
+    computing = experts_per_layer if compute_experts_per_layer is None else compute_experts_per_layer
+    flops = token_flops(config, seq_len=max(1, int(seq_len)), top_k=top_k, experts_per_layer=computing,
                         adapter_active_params=adapter_active, trainable_active_params=trainable_active)
     memory = model_memory(config, experts_per_layer=experts_per_layer, bits=bits, trainable_params=trainable_params)
     per_token = flops.train + (flops.forward if checkpointing else 0.0)

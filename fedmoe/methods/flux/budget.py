@@ -187,6 +187,7 @@ def expert_work(fed, pm: PricedModel, stats, *, trainable: int, slots: int, tune
         experts_per_layer=[max(1, s) for s in spread(slots, pm.num_layers)],
         bits={"experts": bits, "linears": bits}, forward_tokens=forward_tokens,
         extra_memory_bytes=attention.memory_bytes + trainable * pm.expert_params * master_bytes(bits),
+        compute_experts_per_layer=None if offload is None else pm.num_experts,  # offloaded experts compute too
         **(offload or {}),
     )
 
