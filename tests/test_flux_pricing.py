@@ -8,7 +8,15 @@ import pytest
 from transformers import MixtralConfig
 
 from fedmoe.config import CostConfig
-from fedmoe.fl.cost import ClientTime, ClientWork, CostModel, DoesNotFitError, check_fits, client_time, round_time
+from fedmoe.fl.cost import (
+    ClientTime,
+    ClientWork,
+    CostModel,
+    DoesNotFitError,
+    check_fits,
+    client_time,
+    round_time,
+)
 from fedmoe.fl.devices import PCIE4_X16, GiB, get_device, get_fleet
 from fedmoe.fl.pricing import activation_bytes, lora_params, training_work
 from fedmoe.methods.flux.attention import AttentionArgs, priced_attention

@@ -163,8 +163,7 @@ def merge_ablation(fed, clients: list[int], *, examples: int = 32, seed: int = 0
     global base model, for every budget strategy, weighting and drop; profiled at full precision."""
     from fedmoe.methods.flux.budget import flux_budget, layer_merge_budget, priced_model, tiny_count
     from fedmoe.methods.flux.merging import apply_merge, output_error, plan_merge
-    from fedmoe.methods.flux.method import profile_subset
-    from fedmoe.methods.flux.profiling import example_batches, profile_model
+    from fedmoe.methods.flux.profiling import example_batches, profile_model, profile_subset
     from fedmoe.moe.layers import moe_layers
 
     base = fed.base_model().eval()
