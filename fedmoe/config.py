@@ -89,13 +89,17 @@ class FedConfig:
 
 @dataclass
 class CostConfig:
-    """How simulated time is priced: a device fleet, and which architecture (trained or a paper-scale one)."""
+    """How simulated time is priced: a device fleet, and which architecture (trained or a paper-scale one).
+
+    ``gradient_checkpointing``: price training with activation checkpointing (one extra forward pass,
+    activations of one layer plus each layer's input kept; see :mod:`fedmoe.fl.pricing`)."""
 
     fleet: str = "consumer"
     mode: str = "trained"
     projection: str | None = None
     server_seconds: float = 1.0
     tokens_scale: float = 1.0
+    gradient_checkpointing: bool = False
 
 
 @dataclass

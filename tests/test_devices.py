@@ -24,13 +24,13 @@ def test_required_profiles_exist_with_spec_sheet_numbers():
     assert get_device("a100-80gb").bf16_flops == pytest.approx(312e12)
     # RTX 3060: 28 SMs x 1.777 GHz x 512 FLOP/clk/SM.
     assert get_device("rtx-3060-12gb").bf16_flops == pytest.approx(28 * 1.777e9 * 512, rel=1e-3)
-    # PCIe 4.0 x16: 16 GT/s x 16 lanes, 128b/130b, 8 bits per byte = 31.5 GB/s.
-    assert get_device("rtx-3060-12gb").host_device_bandwidth == pytest.approx(31.5e9, rel=1e-3)
+    # PCIe 4.0 x16 links at 31.5 GB/s (16 GT/s x 16 lanes, 128b/130b); copies reach ~25 GB/s of it.
+    assert get_device("rtx-3060-12gb").host_device_bandwidth == pytest.approx(25e9)
     # Home broadband 20 Mbit/s up, 100 Mbit/s down.
     assert get_device("rtx-3060-12gb").net_up == pytest.approx(2.5e6)
     assert get_device("rtx-3060-12gb").net_down == pytest.approx(12.5e6)
     edge = get_device("jetson-orin-nx-16gb")
-    assert edge.memory_bytes == edge.host_memory_bytes == 16 * GiB  # unified memory
+    assert edge.memory_bytes == edge.host_memory_bytes == 16 * GiB and edge.unified_memory  # unified memory
     assert edge.bf16_flops < get_device("rtx-3060-12gb").bf16_flops
     for profile in DEVICES.values():
         assert profile.description and 0 < profile.mfu <= 1

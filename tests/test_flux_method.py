@@ -108,12 +108,13 @@ def test_layer_adaptive_budget_beats_uniform_and_one_per_layer(tiny_moe):
     assert errors["layer_aware"] < errors["uniform"] < errors["one_per_layer"]
 
 
-def _fed(projection="llama-moe-3.5b", batch_size=8, max_length=128):
+def _fed(projection="llama-moe-3.5b", batch_size=8, max_length=128, fleet="consumer", **cost_options):
+    from fedmoe.config import CostConfig
     from fedmoe.fl.cost import CostModel
 
-    cost = CostModel.build("consumer", mode="projection", arch=projection)
+    cost = CostModel.build(fleet, mode="projection", arch=projection)
     cfg = SimpleNamespace(fed=SimpleNamespace(batch_size=batch_size, max_length=max_length),
-                          cost=SimpleNamespace(tokens_scale=1.0))
+                          cost=CostConfig(**cost_options))
     return SimpleNamespace(priced_config=cost.priced_config(None), cost=cost, cfg=cfg)
 
 
@@ -149,3 +150,28 @@ def test_flux_priced_work_fits_every_consumer_device(projection):
                            tuned_token_share=0.2, bytes_down=0, bytes_up=0)
         check_fits(ClientWork.from_dict(work), dev)
         assert work["memory_bytes"] > 0.9 * dev.memory_bytes or b.slots_priced + b.tune_priced == pm.total_experts
+
+
+@pytest.mark.parametrize("device", ["rtx-3060-12gb", "rtx-3090-24gb"])
+def test_layer_merge_budget_spends_exactly_the_consumer_budgets(device):
+    """The default zoo model (4 layers x 8 experts) priced as LLaMA-MoE-3.5B: a 3090 gets 26 merged slots, a
+    3060 gets 8. Old code clipped shares above a layer's non-tuning count away (3090: 9 of 26 used) and
+    raised shares below 1 (3060: 10 of 8)."""
+    from fedmoe.methods.flux.budget import spread, tiny_count
+
+    pm = priced_model(_fed())
+    layers, experts = 4, 8
+    b = flux_budget(pm, get_device(device), 0.5, 0.25)
+    tune = tiny_count(b.tune, layers * experts)
+    slots = min(layers * experts - tune, tiny_count(b.slots, layers * experts, layers))
+    assert (tune, slots) == {"rtx-3060-12gb": (1, 8), "rtx-3090-24gb": (5, 26)}[device]
+    non_tuning = [experts - t for t in spread(tune, layers)]
+    g = torch.Generator().manual_seed(0)
+    for flat_first in (True, False):  # a flat first layer takes (almost) every share
+        freq = 2 * torch.distributions.Dirichlet(torch.ones(experts)).sample((layers,))
+        if flat_first:
+            freq[0] = 0.25 + 1e-4 * torch.randn(experts, generator=g)
+        for mode in ("layer_aware", "uniform"):
+            budget = layer_merge_budget(freq, non_tuning, slots, mode)
+            assert sum(budget) == slots
+            assert all(1 <= x <= n for x, n in zip(budget, non_tuning, strict=True))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedmoe.methods.experts.base import aggregate_experts, expert_key
-from fedmoe.methods.flux.assignment import eps_at, select_roles, utility, zo_grad_sq
+from fedmoe.methods.flux.assignment import eps_at, init_utilities, select_roles, utility, zo_grad_sq
 from fedmoe.methods.flux.budget import layer_merge_budget, spread, tiny_count
 from fedmoe.methods.flux.profiling import Profile, profile_error, received_attention
 
@@ -52,12 +52,17 @@ def test_layer_merge_budget_formula_by_hand():
     b = [3 / 0.05, 2 / var[1], 1 / var[2]]
     assert layer_merge_budget(freq2, [4, 4, 4], 6) == [min(4, max(1, math.floor(x / sum(b) * 6))) for x in b]
     assert layer_merge_budget(freq2, [4, 4, 4], 6) == [4, 1, 1]  # 6*60/80.56=4.47, 6*17.0/80.56=1.27, 0.26->1
-    assert layer_merge_budget(freq2, [4, 4, 4], 6, rounding="floor") == [4, 1, 1]
-    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform") == [3, 2, 0]  # 7/3 each, +1 to layer 0, clipped
-    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform", rounding="floor") == [2, 2, 0]
-    # shares 12 * [60, 17.02, 3.54] / 80.56 = [8.94, 2.54, 0.53]: floors [8, 2, 0], the 2 slots left go to
-    # layers 0 and 1 (largest remainders) -> [9, 3, 0], clipped to [8, 3, 1]
+    # floor of the water-filled shares: layer 2 held at 1, 5 slots split 60 : 17.02 -> [3.90, 1.10, 1]
+    assert layer_merge_budget(freq2, [4, 4, 4], 6, rounding="floor") == [3, 1, 1]
+    # uniform: layer 2 has no non-tuning expert; 7 slots over layers 0 and 1 (3.5 each, layer 1 full at 3):
+    # the half slot layer 1 cannot take goes to layer 0 (old code clipped it away: [3, 2, 0])
+    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform") == [4, 3, 0]
+    assert layer_merge_budget(freq, [4, 3, 0], 7, "uniform", rounding="floor") == [4, 3, 0]
+    # shares 12 * [60, 17.02, 3.54] / 80.56 = [8.94, 2.54, 0.53]: layer 0 full at 8, layer 2 held at 1,
+    # layer 1 takes the other 3
     assert layer_merge_budget(freq2, [8, 8, 8], 12) == [8, 3, 1]
+    with pytest.raises(ValueError, match="below one slot per layer"):
+        layer_merge_budget(freq, [4, 4, 4], 2)
     assert layer_merge_budget(freq, [4, 3, 2], 7, "one_per_layer") == [1, 1, 1]
 
 
@@ -72,12 +77,46 @@ def test_eps_schedule_and_select_roles():
     assert eps_at(11, 11, "linear", 0.3, 0.9, 0.5) == pytest.approx(0.9)
     assert eps_at(4, 11, "fixed", 0.3, 0.9, 0.5) == 0.5
     u = torch.tensor([[5.0, float("nan"), 1.0], [4.0, 3.0, float("nan")]])
-    assert select_roles(u, 3, 1.0, random.Random(0)) == [[0], [0, 1]]  # top-3 known utilities
+    roles = select_roles(u, 3, 1.0, random.Random(0))
+    assert roles.exploit == [[0], [0, 1]] and roles.explore == [[], []]  # top-3 known utilities
     roles = select_roles(u, 4, 0.5, random.Random(0))  # 2 exploited (5.0, 4.0) + 2 explored
-    assert 0 in roles[0] and 0 in roles[1] and sum(map(len, roles)) == 4
-    assert sum(map(len, select_roles(u, 6, 0.0, random.Random(1)))) == 6
+    assert roles.exploit == [[0], [0]] and sum(map(len, roles.explore)) == 2
+    assert set(roles.pairs("explore")).isdisjoint(roles.pairs("exploit")) and len(roles.pairs("all")) == 4
+    assert sum(map(len, select_roles(u, 6, 0.0, random.Random(1)).all)) == 6
     with pytest.raises(ValueError, match="tuning budget"):
         select_roles(u, 7, 0.5, random.Random(0))
+
+
+def test_eps_ramp_is_the_papers_form():
+    # eps_t = min(eps_max, eps_0 + d * t), t = round - 1 (old code: no "ramp" schedule, a ValueError)
+    assert [eps_at(r, 50, "ramp", 0.3, 0.9, 0.5, step=0.2) for r in (1, 2, 3, 4, 10)] == pytest.approx(
+        [0.3, 0.5, 0.7, 0.9, 0.9])
+
+
+def test_first_round_utilities_come_from_activation_frequency():
+    """Paper: before any gradient is known, utilities = normalised activation frequency, so exploitation picks
+    the most-routed experts (old code: unknown utilities were NaN, never exploited)."""
+    tokens = torch.tensor([[10, 40, 0, 30], [5, 5, 80, 0]])
+    unknown = torch.full((2, 4), float("nan"), dtype=torch.float64)
+    u = init_utilities(unknown, tokens)
+    assert u.tolist() == [[10.0, 40.0, 0.0, 30.0], [5.0, 5.0, 80.0, 0.0]]  # g_bar = 1: |D_e| (ranks as f_e)
+    assert select_roles(u, 3, 1.0, random.Random(0)).exploit == [[1, 3], [2]]
+    # later: unknown entries on the known entries' scale, g_bar = sum u / sum |D_e| over known = (20 + 30) / (10 + 5)
+    known = unknown.clone()
+    known[0, 0], known[1, 0] = 20.0, 30.0
+    u = init_utilities(known, tokens)
+    assert u[0, 1].item() == pytest.approx(40 * 50 / 15) and u[0, 0].item() == 20.0
+    assert torch.isnan(init_utilities(unknown, tokens, "none")).all()
+    with pytest.raises(ValueError, match="utility init"):
+        init_utilities(unknown, tokens, "oort")
+
+
+def test_select_roles_keeps_one_trained_expert_when_exploration_is_only_scored():
+    u = torch.full((2, 4), float("nan"), dtype=torch.float64)
+    roles = select_roles(u, 2, 0.3, random.Random(0), min_exploit=1)  # round(0.6) = 1 anyway; budget 1 below
+    assert len(roles.pairs("exploit")) == 1 and len(roles.pairs("explore")) == 1
+    roles = select_roles(u, 1, 0.3, random.Random(0), min_exploit=1)  # round(0.3) = 0 -> 1 (nothing known)
+    assert len(roles.pairs("exploit")) == 1 and roles.pairs("explore") == []
 
 
 def test_utility_formula():

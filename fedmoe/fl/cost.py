@@ -6,10 +6,12 @@ profiles of :mod:`fedmoe.fl.devices`, so time-to-accuracy is reproducible run to
 Client time (:func:`client_time`), for one client's round on device ``d``::
 
     compute     = (train_flops + forward_flops) / (d.bf16_flops * d.mfu)
+                  + device_memory_traffic / d.memory_bandwidth  (memory-bound work: 4-bit dequantisation)
     host_device = host_device_bytes / d.host_device_bandwidth      (offloaded experts moved each step)
+    host        = host_memory_traffic / d.host_memory_bandwidth    (a host-side optimizer step)
     download    = bytes_down / d.net_down
     upload      = bytes_up / d.net_up
-    total       = compute + host_device + download + upload
+    total       = compute + host_device + host + download + upload
 
 No phase overlaps another within a client (a conservative, simple choice). ``forward`` =
 ``forward_flops / (d.bf16_flops * d.mfu)`` is the forward-only part of ``compute`` (e.g. FLUX's
@@ -20,12 +22,16 @@ overlap fraction ``a`` in [0, 1]::
 
     hidden_i = a * forward_i                    # forward-only work that may run concurrently
     T_i      = total_i - hidden_i               # when client i's upload has arrived
-    round    = max( max_i T_i + S,  max_i total_i )
+    round    = max( max_i T_i + S,  max_i (T_i - upload_i + hidden_i - download_i) )
 
 The server waits for the slowest upload (or, when a client never answers, for the round's timeout
 ``W``: ``max_i T_i`` becomes ``max(max_i T_i, W)``), then spends ``S`` aggregating; meanwhile each client runs
-its hideable work (FLUX's *stale profiling*: profile the model it has while the server aggregates,
-and use that profile next round). With ``a = 0`` this is the synchronous ``max_i total_i + S``.
+its hideable work on its otherwise idle accelerator (FLUX's *stale profiling*: profile the model it
+has and use that profile next round). That work starts when its training ends, so it overlaps the
+client's own upload, the straggler wait ``max_j T_j - T_i``, the server's ``S`` and the client's next
+download (the model it profiles is already local; the next round only needs the profile once its
+download is in), priced with this round's ``download_i`` (steady state: the same payload every
+round). With ``a = 0`` this is the synchronous ``max_i total_i + S``.
 
 Parameter counts and FLOPs (:func:`matmul_params`, :func:`token_flops`) come from an HF config
 alone, so paper-scale architectures are priced without building them; counts are those of
@@ -80,6 +86,10 @@ class ClientWork:
         bytes_up: bytes sent to the server.
         host_device_bytes: bytes moved between host RAM and accelerator (offloaded experts, per round).
         memory_bytes: peak accelerator memory the work needs.
+        host_memory_bytes: host RAM the work needs (offloaded weights and training state).
+        host_memory_traffic: host DRAM bytes read and written by host-side work (optimizer steps).
+        device_memory_traffic: accelerator DRAM bytes of memory-bound work outside the matmuls
+            (dequantising 4-bit weights, re-quantising them after an update).
     """
 
     train_flops: float = 0.0
@@ -88,6 +98,9 @@ class ClientWork:
     bytes_up: float = 0.0
     host_device_bytes: float = 0.0
     memory_bytes: float = 0.0
+    host_memory_bytes: float = 0.0
+    host_memory_traffic: float = 0.0
+    device_memory_traffic: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -118,12 +131,15 @@ class ClientTime:
     download: float
     upload: float
     total: float
+    host: float = 0.0
 
 
 def client_time(work: ClientWork, device: DeviceProfile) -> ClientTime:
     """Seconds ``work`` takes on ``device`` (formulas in the module docstring)."""
     flops_per_s = device.bf16_flops * device.mfu
     compute = (work.train_flops + work.forward_flops) / flops_per_s
+    compute += _seconds(work.device_memory_traffic, device.memory_bandwidth, device, "memory_bandwidth")
+    host = _seconds(work.host_memory_traffic, device.host_memory_bandwidth, device, "host_memory_bandwidth")
     host_device = work.host_device_bytes / device.host_device_bandwidth
     download = work.bytes_down / device.net_down
     upload = work.bytes_up / device.net_up
@@ -133,8 +149,18 @@ def client_time(work: ClientWork, device: DeviceProfile) -> ClientTime:
         host_device=host_device,
         download=download,
         upload=upload,
-        total=compute + host_device + download + upload,
+        total=compute + host_device + host + download + upload,
+        host=host,
     )
+
+
+def _seconds(traffic: float, bandwidth: float, device: DeviceProfile, field: str) -> float:
+    if not traffic:
+        return 0.0
+    if bandwidth <= 0:
+        raise ValueError(f"{device.name} has no {field}, but the work moves {traffic:.3g} bytes through it; "
+                         f"set it with get_device({device.name!r}).replace({field}=...)")
+    return traffic / bandwidth
 
 
 @dataclass(frozen=True)
@@ -165,22 +191,34 @@ def round_time(client_times: Sequence[ClientTime], server_seconds: float = 0.0, 
     arrivals = [t.total - overlap * t.forward for t in client_times]
     slowest = max(range(len(arrivals)), key=arrivals.__getitem__)
     client_phase = max(arrivals[slowest], wait_seconds)
-    total = max(client_phase + server_seconds, max(t.total for t in client_times))
+    hidden_ends = [a - t.upload + overlap * t.forward - t.download for a, t in zip(arrivals, client_times, strict=True)]
+    total = max(client_phase + server_seconds, max(hidden_ends))
     synchronous = max(max(t.total for t in client_times), wait_seconds) + server_seconds
     return RoundTime(total=total, client_phase=client_phase, server=server_seconds, slowest=slowest,
                      hidden=synchronous - total)
 
 
 def check_fits(work: ClientWork, device: DeviceProfile, *, what: str = "") -> None:
-    """Raise :class:`DoesNotFitError` when ``work.memory_bytes`` exceeds ``device.memory_bytes``.
+    """Raise :class:`DoesNotFitError` when ``work.memory_bytes`` exceeds ``device.memory_bytes``, or
+    ``work.host_memory_bytes`` exceeds the host RAM (on a unified-memory board: what the accelerator side
+    leaves of the shared pool).
 
     Methods that adapt to the device (FLUX, FLAME, FFT-MoE) size their work to fit first; fixed
     baselines that cannot adapt get this error with the required and available bytes.
     """
-    if work.memory_bytes <= device.memory_bytes:
-        return
     gib = 2**30
     subject = f"{what} needs" if what else "This work needs"
+    host = device.memory_bytes - work.memory_bytes if device.unified_memory else device.host_memory_bytes
+    if work.host_memory_bytes > host:
+        shared = " (unified memory: the accelerator's share is already taken)" if device.unified_memory else ""
+        raise DoesNotFitError(
+            f"{subject} {work.host_memory_bytes / gib:.2f} GiB of host memory for offloaded weights and training "
+            f"state, but {device.name} has {max(host, 0) / gib:.2f} GiB{shared}. Offloading cannot hold this "
+            "model's training state here: use a device with more host RAM, a smaller model, or a method that "
+            "trains fewer experts (FLUX, FMES)."
+        )
+    if work.memory_bytes <= device.memory_bytes:
+        return
     raise DoesNotFitError(
         f"{subject} {work.memory_bytes / gib:.2f} GiB ({int(work.memory_bytes)} bytes) of accelerator memory, "
         f"but {device.name} has {device.memory_bytes / gib:.2f} GiB ({device.memory_bytes} bytes). "

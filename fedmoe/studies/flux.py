@@ -154,10 +154,9 @@ def diagnostics(folder: Path) -> dict[str, float]:
 def merge_ablation(fed, clients: list[int], *, examples: int = 32, seed: int = 0) -> list[dict[str, Any]]:
     """Output error of merging each client's non-tuning experts (no tuning experts, its FLUX slot budget) on the
     global base model, for every budget strategy, weighting and drop; profiled at full precision."""
-    from fedmoe.methods.experts.base import profile_subset
     from fedmoe.methods.flux.budget import flux_budget, layer_merge_budget, priced_model, tiny_count
     from fedmoe.methods.flux.merging import apply_merge, output_error, plan_merge
-    from fedmoe.methods.flux.profiling import example_batches, profile_model
+    from fedmoe.methods.flux.profiling import example_batches, profile_model, profile_subset
     from fedmoe.moe.layers import moe_layers
 
     base = fed.base_model().eval()

@@ -1,25 +1,29 @@
 """The kit of methods that train routed experts' full weights (FLUX and its baselines FMD, FMQ, FMES).
 
-Only routed experts train; attention, embeddings, norms and routers stay frozen. The server holds the
-fused expert tensors of every MoE layer; a client uploads the experts it trained, keyed
-``"{layer}.{expert}.{param}"``; :func:`aggregate_experts` averages each expert over the clients that
-trained it, weighted by the tokens each routed to it (an expert nobody trained, or to which no client
-routed a token, keeps its value). :class:`ExpertServer` and :class:`ExpertClient` are the halves' bases;
-:class:`ExpertHalf` gives both the priced model and the trained model's shape their budgets need.
+Routed experts train, and attention as the method's ``attention`` option says (LoRA on q/v, full q/k/v/o
+or frozen: :mod:`fedmoe.methods.flux.attention`); embeddings, norms and routers stay frozen. The server holds
+the fused expert tensors of every MoE layer (and the attention tensors); a client uploads the experts it
+trained, keyed ``"{layer}.{expert}.{param}"``; :func:`aggregate_experts` averages each expert over the
+clients that trained it, weighted by the tokens each routed to it (an expert nobody trained, or to which no
+client routed a token, keeps its value). Attention tensors are averaged over all the round's clients,
+weighted by their example counts (FedAvg).
+:class:`ExpertServer` and :class:`ExpertClient` are the halves' bases; :class:`ExpertHalf` gives both
+the priced model and the trained model's shape their budgets need.
 """
 
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from fedmoe.fl.aggregate import weighted_average
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.methods.base import Client, DeviceBudgets, Server
+from fedmoe.methods.flux import attention as attn
 from fedmoe.methods.flux.budget import PricedModel, priced_model
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS, freeze_experts
@@ -155,11 +159,12 @@ class ExpertTraining:
 
 
 def train_experts(fed, model: nn.Module, task: ClientTask, examples, frozen: Sequence[Iterable[int]] | None = None,
-                  **overrides) -> ExpertTraining:
-    """Fine-tune only the fused expert tensors of ``model`` on ``examples``, keeping slots ``frozen[l]``
-    bit-identical (gradient mask + restore), and record per-slot gradient norms."""
+                  extra_params: Sequence[nn.Parameter] = (), **overrides) -> ExpertTraining:
+    """Fine-tune the fused expert tensors of ``model`` (and ``extra_params``, e.g. attention) on ``examples``,
+    keeping expert slots ``frozen[l]`` bit-identical (gradient mask + restore), and record per-slot gradient
+    norms."""
     layers = moe_layers(model)
-    params = [getattr(layer.experts, name) for layer in layers for name in EXPERT_PARAMS]
+    params = [getattr(layer.experts, name) for layer in layers for name in EXPERT_PARAMS] + list(extra_params)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -177,13 +182,6 @@ def train_experts(fed, model: nn.Module, task: ClientTask, examples, frozen: Seq
         for p in params:
             p.requires_grad_(False)
     return ExpertTraining(stats, norms.mean_sq())
-
-
-def profile_subset(examples: list, n: int, seed: int) -> list:
-    """The ``n`` local examples a client profiles (a seeded sample, the same every round)."""
-    if len(examples) <= n:
-        return list(examples)
-    return random.Random(seed).sample(list(examples), n)
 
 
 @dataclass(frozen=True)
@@ -204,6 +202,11 @@ class ExpertHalf(DeviceBudgets):
         return priced_model(self.fed)
 
     @functools.cached_property
+    def attention_cost(self) -> attn.AttentionCost:
+        """What training attention (the ``attention`` option) costs on the priced architecture."""
+        return attn.priced_attention(self.fed.priced_config, self.args)
+
+    @functools.cached_property
     def shape(self) -> ExpertShape:
         """MoE layers and router experts of the trained model."""
         layers = moe_layers(self.fed.base_model())
@@ -211,36 +214,42 @@ class ExpertHalf(DeviceBudgets):
 
 
 class ExpertServer(ExpertHalf, Server):
-    """Server shared by FLUX, FMD, FMQ and FMES: global fused experts, token-weighted per-expert
-    aggregation, the global model for evaluation, and resumable state."""
+    """Server shared by FLUX, FMD, FMQ and FMES: global fused experts and attention tensors, token-weighted
+    per-expert aggregation, FedAvg of attention, the global model for evaluation, and resumable state."""
 
     def __init__(self, fed, args):
         super().__init__(fed, args)
         self.model = fed.base_model()
         self.model.requires_grad_(False)
-        self.global_state = fused_state(self.model)
+        self.global_state = {**fused_state(self.model), **attn.initial_state(self.model, self.args, fed.cfg.seed)}
 
     def plan(self, round_: int, clients: list[int]) -> list[ClientTask]:
-        """Every client gets the global experts."""
+        """Every client gets the global experts (and attention tensors)."""
         return [ClientTask(c, round_, self.global_state) for c in clients]
 
     def aggregate(self, round_: int, updates: list[ClientUpdate]) -> dict[str, float]:
-        self.global_state, info = aggregate_experts(
-            self.global_state, [u.tensors for u in updates], [u.expert_tokens for u in updates])
+        experts, _ = attn.split_attention(self.global_state)
+        uploads = [attn.split_attention(u.tensors) for u in updates]
+        experts, info = aggregate_experts(experts, [e for e, _ in uploads], [u.expert_tokens for u in updates])
+        attention = {}
+        if self.args.attention != "none":
+            attention = weighted_average([a for _, a in uploads], [u.num_examples for u in updates])
+        self.global_state = {**experts, **attention}
         return {"clients": len(updates), **info}
 
     def eval_model(self):
-        load_fused_state(self.model, self.global_state)
-        self.model.eval()
-        return self.model
+        model = load_fused_state(self.fed.base_model(), self.global_state)
+        model = attn.load_attention(model, self.args, self.global_state)
+        return attn.attach(model, self.args, self.global_state).eval()
 
 
 class ExpertClient(ExpertHalf, Client):
     """Client shared by FLUX, FMD, FMQ and FMES: rebuilds the global model from its task each round."""
 
     def global_model(self, task: ClientTask) -> nn.Module:
-        """A fresh base model holding the task's global experts."""
-        return load_fused_state(self.fed.base_model(), task.tensors)
+        """A fresh plain base model holding the task's global experts (and ``full`` attention weights)."""
+        model = load_fused_state(self.fed.base_model(), task.tensors)
+        return attn.load_attention(model, self.args, task.tensors)
 
     def expert_update(self, task: ClientTask, tensors: dict[str, torch.Tensor], stats: TrainStats,
                       num_examples: int, expert_tokens: list | None = None) -> ClientUpdate:

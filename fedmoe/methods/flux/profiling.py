@@ -9,6 +9,7 @@ of the decoder layer holding MoE layer l. a_e is its mean over the tokens routed
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,14 @@ def received_attention(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     total = (a * valid).sum(1)
     count = valid.sum(1).clamp(min=1)
     return total / count
+
+
+def profile_subset(examples: Sequence, n: int | None, seed: int) -> list:
+    """The local examples a client profiles: all of them (``n`` None), or a seeded sample of ``n`` (the same
+    every round)."""
+    if n is None or len(examples) <= n:
+        return list(examples)
+    return random.Random(seed).sample(list(examples), n)
 
 
 def example_batches(tokenizer, examples: Sequence, *, max_length: int = 128, batch_size: int = 8) -> list[dict]:
