@@ -161,7 +161,7 @@ def test_strict_targets_need_the_whole_interval_above_zero():
 
 
 def test_personalised_scores_cover_every_local_test_item_and_are_cached(tmp_path):
-    from fedmoe.experiment import run
+    from fedmoe.engines import run
 
     cfg = st.cell_config("fftmoe", "alpha1", "smoke")
     folder = run(cfg, out_dir=tmp_path, progress=False)

@@ -316,9 +316,9 @@ def personalised_scores(folder: str | Path) -> dict[str, Any]:
     import torch
 
     from fedmoe.eval.evaluate import evaluate
-    from fedmoe.experiment import CHECKPOINT_FILE
     from fedmoe.fl.federation import Federation
     from fedmoe.methods.base import get_method
+    from fedmoe.results import RunFolder
 
     folder = Path(folder)
     cached = folder / PERSONALISED_FILE
@@ -327,13 +327,13 @@ def personalised_scores(folder: str | Path) -> dict[str, Any]:
     cfg = from_dict(load_config_dict(folder))
     if cfg.method != METHOD:
         raise ValueError(f"{folder} is a {cfg.method} run; personalised models are FFT-MoE's (method: fftmoe)")
-    ckpt = folder / CHECKPOINT_FILE
-    if not ckpt.is_file() or torch.load(ckpt, weights_only=False)["round"] != cfg.fed.rounds:
-        raise FileNotFoundError(f"{ckpt} does not hold the final round; finish the run with `fedmoe run` first")
+    ckpt = RunFolder(folder).load_checkpoint()
+    if ckpt is None or ckpt["round"] != cfg.fed.rounds:
+        raise FileNotFoundError(f"{folder} holds no checkpoint of the final round; finish the run with `fedmoe run`")
     torch.set_num_threads(cfg.threads)
     fed = Federation.from_config(cfg)
-    method = get_method(METHOD)(fed, cfg.method_args)
-    method.load_state_dict(torch.load(ckpt, weights_only=False)["method"])
+    method = get_method(METHOD).server(fed, cfg.method_args)
+    method.load_state_dict(ckpt["method"])
 
     def score(model, examples) -> float:
         return evaluate(model, fed.tokenizer, examples, batch_size=cfg.fed.eval_batch_size, progress=False)["score"]
