@@ -74,7 +74,7 @@ def _run_folder(root, variant, split, seed, scores, *, items=None, load_cv=None,
         if items is not None:
             rec["item_scores"] = items[r]
         if r and load_cv is not None:
-            rec["client_extra"] = {str(c): {"load_cv": v, "adapter_load": (loads or {}).get((r, c), [[1, 1]])}
+            rec["client_log"] = {str(c): {"load_cv": v, "adapter_load": (loads or {}).get((r, c), [[1, 1]])}
                                    for c, v in enumerate(load_cv[r - 1])}
         records.append(rec)
     (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

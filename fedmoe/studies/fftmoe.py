@@ -260,11 +260,11 @@ def retention_lead(folders: dict[Cell, list[Path]], baseline: str) -> Interval:
 def run_load_cv(folder: str | Path) -> float:
     """Mean coefficient of variation of expert load over the client updates of the second half of the run's
     rounds (each update's ``load_cv``: std/mean of its adapter's per-expert token counts, mean over layers)."""
-    rounds = [r for r in load_rounds(folder) if r.get("client_extra")]
+    rounds = [r for r in load_rounds(folder) if r.get("client_log")]
     if not rounds:
         raise ValueError(f"{folder} holds no client diagnostics; is it an FFT-MoE run folder?")
     late = rounds[len(rounds) // 2:]
-    values = [extra["load_cv"] for r in late for extra in r["client_extra"].values()]
+    values = [extra["load_cv"] for r in late for extra in r["client_log"].values()]
     return float(np.mean(values))
 
 
@@ -289,7 +289,7 @@ def client_loads(folder: str | Path) -> dict[int, np.ndarray]:
     in (counts summed over layers, normalised to 1)."""
     loads = {}
     for record in load_rounds(folder):
-        for client, extra in record.get("client_extra", {}).items():
+        for client, extra in record.get("client_log", {}).items():
             counts = np.asarray(extra["adapter_load"], dtype=float).sum(axis=0)
             loads[int(client)] = counts / max(counts.sum(), 1.0)
     return dict(sorted(loads.items()))

@@ -33,7 +33,7 @@ class Profile:
     n_tokens: int
 
     def to_dict(self) -> dict:
-        """JSON-serialisable form (travels in ``ClientUpdate.extra`` and task plans)."""
+        """JSON-serialisable form (travels in ``ClientUpdate.payload`` and task plans)."""
         return {"freq": self.freq.tolist(), "tokens": self.tokens.tolist(), "attention": self.attention.tolist(),
                 "n_tokens": self.n_tokens}
 
