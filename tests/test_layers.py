@@ -9,12 +9,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fedmoe"
 
 # Top-down. A module may import modules of its own layer and of any layer below, never above.
 LAYERS = [
-    {"cli", "studies", "engines", "report"},
+    {"cli", "studies", "engines", "report", "bench"},
     {"experiment"},
     {"methods"},
     {"fl"},
     {"train"},
-    {"moe", "eval", "data", "config", "results", "stats", "plots"},
+    {"moe", "eval", "data", "config", "results", "stats", "plots", "device"},
 ]
 
 
