@@ -112,12 +112,14 @@ def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str])
         diff = lead(folders, setting).difference
         rows.append(TargetRow(paper="FLAME", target=f"FLAME >= best heterogeneous-LoRA baseline ({setting})",
                               measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
-                              note=f"FLAME - {best_baseline(folders, setting)}, paired"))
+                              note=f"FLAME - {best_baseline(folders, setting)}, paired",
+                              seeds=len(folders["flame", setting])))
     if {"homogeneous", "heavy-tail"} <= set(settings):
         diff = lead_growth(folders).difference
         rows.append(TargetRow(paper="FLAME", target="FLAME's lead grows from homogeneous to heavy-tail",
                               measured=diff, goal="> +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
-                              note="(lead in heavy-tail) - (lead in homogeneous), paired"))
+                              note="(lead in heavy-tail) - (lead in homogeneous), paired",
+                              seeds=len(folders["flame", "heavy-tail"])))
     return rows
 
 
