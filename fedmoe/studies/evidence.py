@@ -84,7 +84,7 @@ def head_to_head_row(method: str, folders: Sequence[str | Path], last: int = 1) 
     """A method's line in the report's head-to-head table: its score over seeds, simulated time and traffic."""
     finals = [load_rounds(f)[-1] for f in folders]
     return HeadToHeadRow(method, score_interval(folders, last), {
-        "simulated hours": round(float(np.mean([r["sim_time"] for r in finals])) / 3600, 2),
+        "simulated seconds": round(float(np.mean([r["sim_time"] for r in finals])), 1),
         "MB up / client / round": round(float(np.mean([_mean_upload(f) for f in folders])) / 1e6, 2),
     })
 
