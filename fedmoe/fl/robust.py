@@ -103,9 +103,13 @@ def validate_update(task: ClientTask, update: ClientUpdate, *, global_state: dic
         return f"claims num_examples={update.num_examples}, but the client holds {num_examples}"
     if not update.tensors:
         return "update carries no tensors"
-    echoed = set(update.tensors) & set(task.tensors)
-    if echoed and echoed != set(task.tensors):
-        return f"update leaves out tensors it was sent: {sorted(set(task.tensors) - echoed)[:3]}"
+    # Expert methods upload slices of the experts a client trained, on some layers only: when an update carries
+    # expert slices, the fused expert tensors it was sent ("{layer}.{param}") are optional; the rest is not.
+    echoed = {key if key in task.tensors else _fused_name(key) for key in update.tensors} & set(task.tensors)
+    sliced = any(key not in task.tensors and _fused_name(key) in task.tensors for key in update.tensors)
+    required = {key for key in task.tensors if not (sliced and _is_fused(key))}
+    if echoed and not required <= echoed:
+        return f"update leaves out tensors it was sent: {sorted(required - echoed)[:3]}"
     square_norm = 0.0
     for key, value in update.tensors.items():
         if not isinstance(value, torch.Tensor):
@@ -134,12 +138,26 @@ def _reference(key: str, sent: dict[str, torch.Tensor], global_state: dict[str, 
     for state in (sent, global_state):
         if key in state:
             return state[key]
+    fused = _fused_name(key)
+    if fused is not None:
+        expert = int(key.split(".")[1])
+        for state in (sent, global_state):
+            if fused in state and expert < state[fused].shape[0]:
+                return state[fused][expert]
+    return None
+
+
+def _is_fused(key: str) -> bool:
+    """Whether ``key`` names a fused expert tensor ``"{layer}.{param}"`` (a layer index, then a name)."""
+    parts = key.split(".")
+    return len(parts) >= 2 and parts[0].isdigit() and not parts[1].isdigit()
+
+
+def _fused_name(key: str) -> str | None:
+    """The fused ``"{layer}.{param}"`` name of an expert slice ``"{layer}.{expert}.{param}"``, else None."""
     parts = key.split(".")
     if len(parts) >= 3 and parts[1].isdigit():
-        fused = f"{parts[0]}.{'.'.join(parts[2:])}"
-        for state in (sent, global_state):
-            if fused in state and int(parts[1]) < state[fused].shape[0]:
-                return state[fused][int(parts[1])]
+        return f"{parts[0]}.{'.'.join(parts[2:])}"
     return None
 
 
