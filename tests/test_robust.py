@@ -155,6 +155,13 @@ def test_expert_slices_are_checked_against_the_fused_tensor_they_come_from():
     assert "shape (6,)" in validate_update(task, ClientUpdate(0, 1, {"0.1.up": torch.ones(6)}, num_examples=1))
 
 
+def test_expert_slices_echo_their_fused_tensor_beside_other_tensors():
+    """Expert methods send fused expert tensors and attention LoRA, and upload expert slices plus the LoRA."""
+    task = ClientTask(0, 1, {"0.up": torch.zeros(4, 5), "1.up": torch.zeros(4, 5), "attention/q": torch.zeros(2)})
+    update = ClientUpdate(0, 1, {"0.1.up": torch.ones(5), "attention/q": torch.ones(2)}, num_examples=1)
+    assert validate_update(task, update, num_examples=1) is None  # no expert of layer 1 trained: fine
+
+
 # --- real methods: a bad client changes nothing, survivors aggregate exactly -------------------------------
 
 CORRUPTIONS = {

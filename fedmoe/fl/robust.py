@@ -130,12 +130,20 @@ def _reference(key: str, sent: dict[str, torch.Tensor], global_state: dict[str, 
     for state in (sent, global_state):
         if key in state:
             return state[key]
+    fused = _fused_name(key)
+    if fused is not None:
+        expert = int(key.split(".")[1])
+        for state in (sent, global_state):
+            if fused in state and expert < state[fused].shape[0]:
+                return state[fused][expert]
+    return None
+
+
+def _fused_name(key: str) -> str | None:
+    """The fused ``"{layer}.{param}"`` name of an expert slice ``"{layer}.{expert}.{param}"``, else None."""
     parts = key.split(".")
     if len(parts) >= 3 and parts[1].isdigit():
-        fused = f"{parts[0]}.{'.'.join(parts[2:])}"
-        for state in (sent, global_state):
-            if fused in state and int(parts[1]) < state[fused].shape[0]:
-                return state[fused][int(parts[1])]
+        return f"{parts[0]}.{'.'.join(parts[2:])}"
     return None
 
 
