@@ -7,6 +7,8 @@ lines, each with ``_lo`` / ``_hi`` companions (the interval's bounds)::
     fftmoe_minus_best_baseline_<split>   FFT-MoE minus the best baseline, score points, paired over seeds and items
     noniid_retention_<method>            score at alpha 0.1 / IID score, per seed, mean over seeds
     aux_loss_load_cv_reduction           expert-load CV without minus with the auxiliary loss, paired by seed
+    fedit_attention_gain                 FedIT minus FedIT without q/v LoRA (the attention control), in points
+    fedit_no_attention_minus_fftmoe      FedIT without q/v LoRA minus FFT-MoE, in points
 
     python reproduce/bench_fftmoe.py [--scale default] [--results results] [--seeds 0 1 2] [--jobs 2]
 """
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     for method in study.METHODS:
         lines += key_lines(f"noniid_retention_{method}", study.retention(folders, method))
     lines += key_lines("aux_loss_load_cv_reduction", study.aux_cv_reduction(folders))
+    control = study.attention_control(args.scale, seeds, out_dir=args.results, folders=folders, jobs=args.jobs)
+    for name, comparison in control.items():
+        lines += key_lines(name, comparison.difference, 100.0)
     print("\n".join(lines))
     return 0
 

@@ -424,6 +424,22 @@ def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
     return rows
 
 
+def attention_control(scale: str, seeds: Sequence[int], *, out_dir: str | Path, folders: dict[Cell, list[Path]],
+                      jobs: int | None = None, progress: bool = False) -> dict[str, Comparison]:
+    """Why FFT-MoE trails FedIT on this suite: FedIT run again with its LoRA on the experts only (no q/v), on the
+    head-to-head split and the same seeds. ``{"fedit_attention_gain": FedIT - FedIT without attention,
+    "fedit_no_attention_minus_fftmoe": ...}``, paired over seeds and test items. FFT-MoE adapts only beside the
+    feed-forward blocks, as the paper describes; if FedIT without attention falls to FFT-MoE's level, the gap is
+    the suite's need for attention adaptation, not the adapters."""
+    base = cell_config("fedit", HEAD_TO_HEAD_SPLIT, scale)
+    no_attention = replace(base, method_args={**base.method_args, "attention": False},
+                           name=f"fftmoe-{HEAD_TO_HEAD_SPLIT}-noattention")
+    control = run_configs(with_seeds([no_attention], seeds), out_dir=out_dir, jobs=jobs, progress=progress)
+    methods = by_method(folders, HEAD_TO_HEAD_SPLIT)
+    return {"fedit_attention_gain": compare(methods["fedit"], control),
+            "fedit_no_attention_minus_fftmoe": compare(control, methods[METHOD])}
+
+
 def head_to_head(folders: dict[Cell, list[Path]]) -> list[HeadToHeadRow]:
     """Every method's line in the report's head-to-head table, on :data:`HEAD_TO_HEAD_SPLIT`."""
     rows = []
