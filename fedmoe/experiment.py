@@ -41,6 +41,9 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if cfg.method not in available_methods():
         raise bad_value("method", cfg.method, f"a registered method, one of {available_methods()}", "fedit")
     cfg.method_args = check_method_args(cfg.method, cfg.method_args)
+    if cfg.fed.client_data == "node" and cfg.method == "central":
+        raise ConfigError("config key method=central pools every client's data on one machine, which "
+                          "fed.client_data=node rules out (fix: --set fed.client_data=server, or another method)")
     return cfg
 
 
@@ -105,6 +108,7 @@ def run(
     resume: bool = True,
     stop_after: int | None = None,
     progress: bool = True,
+    federation: Federation | None = None,
 ) -> Path:
     """Run (or resume) the experiment ``cfg`` and return its results folder.
 
@@ -116,21 +120,27 @@ def run(
         resume: continue from the last checkpoint if the folder holds one; if ``False`` and the folder
             has results, raise instead of overwriting them.
         stop_after: stop after this round (to test and demonstrate resuming).
+        federation: the server's world when it is not derived from ``cfg`` alone: with
+            ``fed.client_data=node``, :meth:`Federation.for_nodes` of the SuperNodes' descriptions.
     """
     check_config(cfg)  # a config built by hand is checked too, before its folder exists
+    if cfg.fed.client_data == "node" and federation is None:
+        raise ConfigError("config key fed.client_data=node runs only in a Flower deployment whose SuperNodes "
+                          "name their own data (`flwr run` against a SuperLink; see the README's Flower deployment "
+                          "section) (fix: --set fed.client_data=server for the in-process and simulation engines)")
     folder = open_run_folder(cfg, Path(out_dir) / (run_name or run_id(cfg)), resume)
     try:
-        _run_rounds(cfg, executor_factory, folder, stop_after, progress)
+        _run_rounds(cfg, executor_factory, folder, stop_after, progress, federation)
     finally:
         folder.unlock()
     return folder.path
 
 
 def _run_rounds(cfg: RunConfig, executor_factory: ExecutorFactory, folder: RunFolder, stop_after: int | None,
-                progress: bool) -> None:
+                progress: bool, federation: Federation | None = None) -> None:
     """The body of :func:`run` in its locked ``folder``."""
     torch.set_num_threads(cfg.threads)
-    fed = Federation.from_config(cfg, progress=progress)
+    fed = federation or Federation.from_config(cfg, progress=progress)
     spec = get_method(cfg.method)
     server = spec.server(fed, cfg.method_args)
     execute = executor_factory(spec, fed)

@@ -6,6 +6,11 @@ device profile and the local-training settings. The base model, the data, the pa
 derive from ``cfg.data_seed`` (the world runs are compared on); ``cfg.seed`` drives the run itself
 (initialisation, client sampling, batch order). Because it is a pure function of the config,
 a Flower client in another process rebuilds exactly the same world as the in-process engine.
+
+In a deployment where each SuperNode owns its data (``fed.client_data=node``) no process holds every client's
+data: the server's federation (:meth:`Federation.for_nodes`) knows each client's example count and device from
+the nodes' own descriptions, and a node's federation (:meth:`Federation.for_node`) holds that node's examples
+only. Both share the base model and test set this module builds from the config.
 """
 
 from __future__ import annotations
@@ -44,20 +49,43 @@ def sample_clients(seed: int, round_: int, num_clients: int, per_round: int, att
 
 @dataclass
 class Federation:
-    """Base model, data and devices of one run (see module docstring)."""
+    """Base model, data and devices of one run (see module docstring). ``train_parts[c]`` is ``None`` for a
+    client whose data this process does not hold; ``sizes`` then gives its example count."""
 
     cfg: RunConfig
     tokenizer: object
     _base_model: torch.nn.Module
-    train_parts: list[list[Example]]
+    train_parts: list[list[Example] | None]
     test_set: list[Example]
     devices: list[DeviceProfile]
     cost: CostModel
+    sizes: list[int] | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig, progress: bool = False) -> Federation:
         """Build (or fetch from this process's cache) the world a config describes."""
         return _cached_federation(_freeze(cfg.to_dict()), progress)
+
+    @classmethod
+    def for_nodes(cls, cfg: RunConfig, sizes: list[int], devices: list[DeviceProfile], progress: bool = False
+                  ) -> Federation:
+        """The server's world when each SuperNode owns its data: the base model and the (public) test set, each
+        client's example count and device as its node described them, and no client data."""
+        from fedmoe.data.task_data import load_task_data
+
+        _, test = load_task_data(cfg.data, seed=cfg.data_seed)
+        model, tokenizer, cost = _cached_model(_freeze(cfg.to_dict()), progress)
+        return cls(cfg, tokenizer, model, [None] * len(sizes), test, list(devices), cost, sizes=list(sizes))
+
+    @classmethod
+    def for_node(cls, cfg: RunConfig, client_id: int, examples: list[Example], devices: list[DeviceProfile]
+                 ) -> Federation:
+        """A SuperNode's world: the base model and client ``client_id``'s own ``examples`` (no other client's
+        data, no test set); ``devices`` is every client's profile, as the server sent them."""
+        model, tokenizer, cost = _cached_model(_freeze(cfg.to_dict()), False)
+        parts: list[list[Example] | None] = [None] * len(devices)
+        parts[client_id] = examples
+        return cls(cfg, tokenizer, model, parts, [], list(devices), cost)
 
     def base_model(self) -> torch.nn.Module:
         """A fresh, trainable copy of the pretrained base model (the cached original is never touched), on the
@@ -72,8 +100,17 @@ class Federation:
         return self.cost.priced_config(self._base_model.config)
 
     def client_data(self, client_id: int) -> list[Example]:
-        """Client ``client_id``'s local training examples."""
-        return self.train_parts[client_id]
+        """Client ``client_id``'s local training examples (an error where another process holds them)."""
+        part = self.train_parts[client_id]
+        if part is None:
+            raise LookupError(f"client {client_id}'s data lives on its own SuperNode (fed.client_data=node); this "
+                              "process does not hold it")
+        return part
+
+    def num_examples(self, client_id: int) -> int:
+        """How many training examples client ``client_id`` holds (its node's count where its data is elsewhere)."""
+        part = self.train_parts[client_id]
+        return len(part) if part is not None else self.sizes[client_id]
 
     def client_test_data(self, client_id: int) -> list[Example]:
         """Client ``client_id``'s local test split: the test set divided among clients with each client's
@@ -89,8 +126,8 @@ class Federation:
 
     @property
     def train_set(self) -> list[Example]:
-        """All clients' training data together (for the centralised reference)."""
-        return [ex for part in self.train_parts for ex in part]
+        """All clients' training data this process holds, together (for the centralised reference)."""
+        return [ex for part in self.train_parts if part is not None for ex in part]
 
     def train_config(self, client_id: int, round_: int, **overrides):
         """Local-training settings of one client in one round (seeded per client and round)."""
@@ -130,9 +167,6 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
     from fedmoe.config import from_dict
     from fedmoe.data.partition import partition
     from fedmoe.data.task_data import load_task_data
-    from fedmoe.device import place_model, resolve_device, resolve_dtype
-    from fedmoe.fl.cost import CostModel
-    from fedmoe.moe.loading import load_base_model
 
     cfg = from_dict(_thaw(frozen_cfg))
     # The world is drawn from data_seed (methods and seeds compare on it); data first, so a bad dataset fails
@@ -146,8 +180,21 @@ def _cached_federation(frozen_cfg, progress: bool) -> Federation:
         domains_per_client=cfg.data.domains_per_client,
         seed=cfg.data_seed,
     )
+    model, tokenizer, cost = _cached_model(frozen_cfg, progress)
+    return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(frozen_cfg, progress: bool):
+    """The frozen base model on the run's device, its tokenizer and the cost model of a config."""
+    from fedmoe.config import from_dict
+    from fedmoe.device import place_model, resolve_device, resolve_dtype
+    from fedmoe.fl.cost import CostModel
+    from fedmoe.moe.loading import load_base_model
+
+    cfg = from_dict(_thaw(frozen_cfg))
     cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.data_seed)
     model, tokenizer = load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
     model.requires_grad_(False)
     place_model(model, resolve_device(cfg.device), resolve_dtype(cfg.dtype))  # every method's model copies it
-    return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)
+    return model, tokenizer, cost

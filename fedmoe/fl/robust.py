@@ -80,8 +80,8 @@ def answer_or_failure(update: Callable[[ClientTask], ClientUpdate], task: Client
 
 def assigned_examples(fed: Federation, client: int) -> int:
     """The number of training examples the server knows ``client`` holds (the reference ``central`` pools
-    every client's data)."""
-    return len(fed.train_set) if fed.cfg.method == "central" else len(fed.client_data(client))
+    every client's data; where each SuperNode owns its data, the count its node described)."""
+    return len(fed.train_set) if fed.cfg.method == "central" else fed.num_examples(client)
 
 
 def validate_update(task: ClientTask, update: ClientUpdate, *, global_state: dict[str, torch.Tensor] | None = None,

@@ -126,7 +126,7 @@ class FFTMoEServer(Server):
                                         for u in updates], weights)
             clients = sorted(self.routers)
             router = weighted_average([self.routers[c] for c in clients],
-                                      [len(self.fed.client_data(c)) for c in clients])
+                                      [self.fed.num_examples(c) for c in clients])
             merged = {**experts, **router}
         self.global_state = {k: merged[k] for k in self.global_state}
         n = len(updates)
