@@ -120,6 +120,7 @@ class ListeningSockets(threading.Thread):
         super().__init__(daemon=True)
         self.pids: list[int] = []
         self.seen: set[tuple[str, int, str]] = set()
+        self.procs: dict[int, psutil.Process] = {}  # every process seen (children outlive a killed parent)
         self.stop = threading.Event()
 
     def watch(self, proc: subprocess.Popen) -> None:
@@ -129,6 +130,7 @@ class ListeningSockets(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             ours = {proc.pid: proc for proc in descendants(self.pids)}
+            self.procs.update(ours)
             # One system-wide scan is far cheaper than one per process (which rereads /proc/net each time).
             for conn in psutil.net_connections(kind="inet"):
                 if conn.status == psutil.CONN_LISTEN and conn.pid in ours:
@@ -176,15 +178,15 @@ def log_tails(logs: dict[str, Path], lines: int = 25) -> str:
     return "\n".join(parts)
 
 
-def test_flower_deployment_over_tls_on_loopback(tmp_path):
-    ca, cert, key = write_certificates(tmp_path)
-    link_port, node_ports = free_ports(1)[0], free_ports(2)
+def deployment_env(tmp_path: Path, link_port: int, ca: Path) -> dict[str, str]:
+    """Environment of the Flower processes: our venv on PATH, an ``FLWR_HOME`` in ``tmp_path`` whose
+    ``config.toml`` holds the TLS connection to the SuperLink, offline and single-threaded."""
     flwr_home = tmp_path / "flwr-home"
     flwr_home.mkdir()
     (flwr_home / "config.toml").write_text(tomli_w.dumps(
         {"superlink": {"default": CONNECTION,
                        CONNECTION: {"address": f"127.0.0.1:{link_port}", "root-certificates": str(ca)}}}))
-    env = {
+    return {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # SuperExec spawns flwr-serverapp by name
         "FLWR_HOME": str(flwr_home),
@@ -195,19 +197,66 @@ def test_flower_deployment_over_tls_on_loopback(tmp_path):
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def superlink_command(ca: Path, cert: Path, key: Path, port: int, *extra: str) -> list[str]:
+    """``flower-superlink`` over TLS on 127.0.0.1:``port``."""
+    return [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert),
+            "--ssl-keyfile", str(key), "--host", "127.0.0.1", "--port", str(port), *extra]
+
+
+def supernode_command(ca: Path, link_port: int, port: int, node_config: str, *extra: str) -> list[str]:
+    """``flower-supernode`` connecting over TLS to the SuperLink, serving its ClientApps on 127.0.0.1:``port``."""
+    return [str(BIN / "flower-supernode"), "--root-certificates", str(ca), "--superlink", f"127.0.0.1:{link_port}",
+            "--host", "127.0.0.1", "--port", str(port), "--node-config", node_config, *extra]
+
+
+def flwr_run_command(app: Path, out_dir: Path, overrides: list[str]) -> list[str]:
+    """``flwr run`` of the app copy on the TLS connection, streaming its log until the run ends."""
+    return [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream", "--run-config",
+            f'overrides="{";".join(overrides)}" out-dir="{out_dir}" config=""']
+
+
+def start(cmd: list[str], env: dict, cwd: Path, log: Path, watcher: ListeningSockets) -> subprocess.Popen:
+    """Start ``cmd`` with its output in ``log``, watched by ``watcher``."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    watcher.watch(proc)
+    return proc
+
+
+def stop_everything(procs: dict[str, subprocess.Popen], watcher: ListeningSockets) -> None:
+    """Stop the watcher, then every process started or seen (orphans of exited parents included)."""
+    watcher.stop.set()
+    watcher.join()
+    seen = {p.pid: p for p in descendants([p.pid for p in procs.values()])}
+    stop_all(list({**watcher.procs, **seen}.values()))
+
+
+def wait_listening(name: str, port: int, procs: dict, watcher: ListeningSockets, logs: dict, deadline: float,
+                   ca: Path) -> None:
+    """Wait until the SuperLink listens on ``port`` and check that it serves our certificate."""
+    while not any(s[1] == port for s in watcher.seen):
+        assert procs[name].poll() is None, f"{name} exited\n" + log_tails(logs)
+        assert time.monotonic() < deadline, f"{name} never listened\n" + log_tails(logs)
+        time.sleep(0.2)
+    assert tls_peer_name(port, ca) == "127.0.0.1", "the SuperLink does not serve our certificate"
+
+
+def test_flower_deployment_over_tls_on_loopback(tmp_path):
+    ca, cert, key = write_certificates(tmp_path)
+    link_port, node_ports = free_ports(1)[0], free_ports(2)
+    flwr_home = tmp_path / "flwr-home"
+    env = deployment_env(tmp_path, link_port, ca)
     app = copy_app(tmp_path / "fedmoe_app")
     out_dir = tmp_path / "results"
     logs_dir = tmp_path / "logs"
     logs_dir.mkdir()
     commands = {
-        "superlink": [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert),
-                      "--ssl-keyfile", str(key), "--host", "127.0.0.1", "--port", str(link_port)],
-        **{f"supernode-{i}": [str(BIN / "flower-supernode"), "--root-certificates", str(ca),
-                              "--superlink", f"127.0.0.1:{link_port}", "--host", "127.0.0.1",
-                              "--port", str(port), "--node-config", f"partition-id={i} num-partitions=2"]
+        "superlink": superlink_command(ca, cert, key, link_port),
+        **{f"supernode-{i}": supernode_command(ca, link_port, port, f"partition-id={i} num-partitions=2")
            for i, port in enumerate(node_ports)},
-        "flwr-run": [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream", "--run-config",
-                     f'overrides="{";".join(OVERRIDES)}" out-dir="{out_dir}" config=""'],
+        "flwr-run": flwr_run_command(app, out_dir, OVERRIDES),
     }
     logs = {name: logs_dir / f"{name}.log" for name in commands}
     procs: dict[str, subprocess.Popen] = {}
@@ -216,15 +265,9 @@ def test_flower_deployment_over_tls_on_loopback(tmp_path):
     deadline = time.monotonic() + TIMEOUT_S
     try:
         for name, cmd in commands.items():
-            with logs[name].open("w") as log:
-                procs[name] = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-            watcher.watch(procs[name])
-            while name == "superlink" and not any(s[1] == link_port for s in watcher.seen):
-                assert procs[name].poll() is None, "flower-superlink exited\n" + log_tails(logs)
-                assert time.monotonic() < deadline, "flower-superlink never listened\n" + log_tails(logs)
-                time.sleep(0.2)
+            procs[name] = start(cmd, env, tmp_path, logs[name], watcher)
             if name == "superlink":
-                assert tls_peer_name(link_port, ca) == "127.0.0.1", "the SuperLink does not serve our certificate"
+                wait_listening(name, link_port, procs, watcher, logs, deadline, ca)
         try:
             rc = procs["flwr-run"].wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -233,9 +276,7 @@ def test_flower_deployment_over_tls_on_loopback(tmp_path):
         for name in ("superlink", "supernode-0", "supernode-1"):
             assert procs[name].poll() is None, f"{name} exited early\n" + log_tails(logs)
     finally:
-        watcher.stop.set()
-        watcher.join()
-        stop_all(descendants([p.pid for p in procs.values()]))
+        stop_everything(procs, watcher)
     cfg = load_config(None, OVERRIDES)
     folder = out_dir / run_id(cfg)
     assert (folder / SUMMARY_FILE).exists(), f"no summary in {folder}\n" + log_tails(logs)
@@ -261,3 +302,127 @@ def test_flower_deployment_over_tls_on_loopback(tmp_path):
         for k in ("score", "sim_time", "train_loss"):
             if a.get(k) is not None:
                 assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
+
+
+NODE_OVERRIDES = ["scale=smoke", "fed.rounds=3", "fed.num_clients=3", "fed.clients_per_round=3",
+                  "fed.client_data=node", "fed.min_fit_fraction=0.5"]
+NODE_TIMEOUT_S = 600.0  # 3 nodes + the SuperLink's 60 s to notice the killed node, on 2 shared cores
+NODE_DATA = {0: (30, "rtx-3090-24gb"), 1: (40, "rtx-3060-12gb"), 2: (50, "jetson-orin-nx-16gb")}
+
+
+def write_node_keys(folder: Path, name: str) -> tuple[Path, Path]:
+    """A SuperNode's authentication key pair in OpenSSH format (NIST P-384): (private, public) paths."""
+    private = ec.generate_private_key(ec.SECP384R1())
+    paths = folder / name, folder / f"{name}.pub"
+    paths[0].write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()))
+    paths[1].write_bytes(private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                           serialization.PublicFormat.OpenSSH))
+    return paths
+
+
+def write_dolly_files(folder: Path) -> dict[int, Path]:
+    """Node ``i``'s data file: ``NODE_DATA[i][0]`` rows of the offline benchmark in the Dolly schema."""
+    from fedmoe.data.offline import make_benchmark
+
+    train, _ = make_benchmark("gsm", n_train=sum(n for n, _ in NODE_DATA.values()), n_test=8, seed=0)
+    files, start = {}, 0
+    for i, (n, _) in NODE_DATA.items():
+        rows = [{"instruction": ex.prompt.split("### Instruction:\n")[1].split("\n\n### Response:")[0],
+                 "context": "", "response": ex.answer, "category": ex.domain} for ex in train[start:start + n]]
+        files[i] = folder / f"node-{i}.jsonl"
+        files[i].write_text("".join(json.dumps(row) + "\n" for row in rows))
+        start += n
+    return files
+
+
+@pytest.mark.slow
+def test_flower_deployment_nodes_own_data_with_node_auth_and_a_killed_node(tmp_path):
+    """SuperLink with SuperNode authentication over TLS; three registered SuperNodes, each holding its own data
+    file and naming its device; an unregistered node is refused; one node is killed (SIGKILL) after round 1
+    and the run finishes on the two survivors, its failure recorded in rounds.jsonl."""
+    ca, cert, key = write_certificates(tmp_path)
+    link_port, *node_ports = free_ports(5)
+    env = deployment_env(tmp_path, link_port, ca)
+    app = copy_app(tmp_path / "fedmoe_app")
+    out_dir, logs_dir = tmp_path / "results", tmp_path / "logs"
+    logs_dir.mkdir()
+    files = write_dolly_files(tmp_path)
+    keys = {i: write_node_keys(tmp_path, f"node-{i}") for i in (*NODE_DATA, "stranger")}
+    logs: dict[str, Path] = {}
+    procs: dict[str, subprocess.Popen] = {}
+    watcher = ListeningSockets()
+    watcher.start()
+    deadline = time.monotonic() + NODE_TIMEOUT_S
+    folder = out_dir / run_id(load_config(None, NODE_OVERRIDES))
+    node_ids: dict[int, int] = {}
+    try:
+        logs["superlink"] = logs_dir / "superlink.log"
+        procs["superlink"] = start(superlink_command(ca, cert, key, link_port, "--enable-supernode-auth"), env,
+                                   tmp_path, logs["superlink"], watcher)
+        wait_listening("superlink", link_port, procs, watcher, logs, deadline, ca)
+        for i in NODE_DATA:  # register the three nodes' public keys with the flwr CLI
+            done = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(keys[i][1]), CONNECTION,
+                                   "--format", "json"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, f"flwr supernode register failed: {done.stdout}{done.stderr}"
+            node_ids[i] = int(json.loads(done.stdout[done.stdout.index("{"):])["node-id"])
+        for i, port in zip((*NODE_DATA, "stranger"), node_ports, strict=True):
+            n, device = NODE_DATA.get(i, (0, "rtx-4090-24gb"))
+            data = files.get(i, files[0])
+            logs[f"supernode-{i}"] = logs_dir / f"supernode-{i}.log"
+            procs[f"supernode-{i}"] = start(
+                supernode_command(ca, link_port, port, f'data-file="{data}" device="{device}"',
+                                  "--auth-supernode-private-key", str(keys[i][0])),
+                env, tmp_path, logs[f"supernode-{i}"], watcher)
+        logs["flwr-run"] = logs_dir / "flwr-run.log"
+        procs["flwr-run"] = start(flwr_run_command(app, out_dir, NODE_OVERRIDES), env, tmp_path, logs["flwr-run"],
+                                  watcher)
+
+        # Kill node 2 (and its ClientApp processes) once round 1 is recorded.
+        while not (folder / "rounds.jsonl").exists() or len(load_rounds(folder)) < 2:
+            assert procs["flwr-run"].poll() is None, "flwr run ended before round 1\n" + log_tails(logs)
+            assert time.monotonic() < deadline, "round 1 never finished\n" + log_tails(logs)
+            time.sleep(0.5)
+        victim = descendants([procs["supernode-2"].pid])
+        for proc in victim:
+            proc.kill()
+        killed_after = len(load_rounds(folder)) - 1
+        try:
+            rc = procs["flwr-run"].wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not finish within {NODE_TIMEOUT_S:.0f} s\n" + log_tails(logs))
+        assert rc == 0, "flwr run failed\n" + log_tails(logs)
+        stranger_rc = procs["supernode-stranger"].poll()
+        listed = subprocess.run([str(BIN / "flwr"), "supernode", "list", CONNECTION, "--format", "json"], env=env,
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:
+        stop_everything(procs, watcher)
+
+    # The unregistered node was refused: it exited, the SuperLink refused to activate it, it never got a node id.
+    assert stranger_rc not in (None, 0), "the unregistered SuperNode is still running\n" + log_tails(logs)
+    assert "Failed to activate SuperNode" in logs["supernode-stranger"].read_text(), log_tails(logs)
+    assert "No SuperNode found with the given public key" in logs["superlink"].read_text()
+    registered = {int(n["node-id"]) for n in json.loads(listed.stdout[listed.stdout.index("{"):])["nodes"]}
+    assert registered == set(node_ids.values()), listed.stdout
+
+    # The server learnt each node's count and device from the node itself (client c = c-th lowest node id).
+    order = sorted(node_ids, key=node_ids.get)
+    stream = logs["flwr-run"].read_text()
+    for c, i in enumerate(order):
+        n, device = NODE_DATA[i]
+        assert f"client {c} is SuperNode {node_ids[i]} ({n} examples, device {device})" in stream, stream[-3000:]
+
+    rounds = load_rounds(folder)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3], log_tails(logs)
+    assert (folder / SUMMARY_FILE).exists()
+    dead = str(order.index(2))
+    for r in rounds[1:]:
+        assert r["clients"] == [0, 1, 2]
+        assert {c: NODE_DATA[order[int(c)]][1] for c in r["devices"]} == r["devices"]
+    assert dead in rounds[1]["client_metrics"] and killed_after == 1
+    for r in rounds[2:]:  # after the kill: the two survivors train, the dead node's client is a failure
+        assert sorted(r["client_metrics"]) == sorted({"0", "1", "2"} - {dead}), r
+        assert "Flower error reply" in r["failures"][dead], r["failures"]
+    public = {s for s in watcher.seen if s[0] not in LOOPBACK}
+    assert not public, f"sockets listening beyond loopback: {sorted(public)}"
