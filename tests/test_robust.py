@@ -48,7 +48,7 @@ class _Server:
 def _world(**fed):
     cfg = load_config(None, {"fed.num_clients": 10, "fed.clients_per_round": 4, **{f"fed.{k}": v
                                                                                    for k, v in fed.items()}})
-    return SimpleNamespace(cfg=cfg, client_data=lambda c: [None] * (c + 1), train_set=[None] * 55)
+    return SimpleNamespace(cfg=cfg, num_examples=lambda c: c + 1, train_set=[None] * 55)
 
 
 def _good(task):
