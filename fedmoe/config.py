@@ -69,12 +69,9 @@ class FedConfig:
     ``max_round_retries`` times. The server waits ``timeout_seconds`` (simulated) for clients that never
     answer. ``max_update_norm``: updates whose change to what the client was sent has a larger L2 norm are
     rejected (``None``: no bound). See :mod:`fedmoe.fl.robust`.
-
-    ``client_data``: where clients' training data lives. ``server``: every process derives all clients' data from
-    this config (clients are virtual: in-process, Flower simulation, or a deployment whose SuperNodes serve any
-    client). ``node``: a Flower deployment in which each SuperNode is one client holding its own data, named by
-    its ``--node-config`` (see :mod:`fedmoe.fl.node_data`); ``num_clients`` is then the number of SuperNodes the
-    server waits for.
+    ``sim_time_budget``: simulated seconds a run may use; it ends after the first round whose cumulative
+    ``sim_time`` reaches the budget (``rounds`` then only caps the count; ``None``: run all ``rounds``). Methods
+    compared on time (FLUX's time-to-accuracy) get one budget, so a method with cheap rounds runs more of them.
     """
 
     num_clients: int = 10
@@ -91,7 +88,7 @@ class FedConfig:
     max_round_retries: int = 3
     timeout_seconds: float = 300.0
     max_update_norm: float | None = None
-    client_data: str = "server"
+    sim_time_budget: float | None = None
 
 
 @dataclass
@@ -189,7 +186,6 @@ _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("cost.server_seconds", 0, False), ("cost.tokens_scale", 0, True),
 )
 COST_MODES = ("trained", "projection")
-CLIENT_DATA = ("server", "node")
 
 
 # ------------------------------------------------------------------------------------------- types
@@ -328,6 +324,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad_value("fed.dropout", fed.dropout, "a probability in [0, 1)", 0.1)
     if fed.max_update_norm is not None and fed.max_update_norm <= 0:
         raise bad_value("fed.max_update_norm", fed.max_update_norm, "a number > 0, or null for no bound", 100.0)
+    if fed.sim_time_budget is not None and fed.sim_time_budget <= 0:
+        raise bad_value("fed.sim_time_budget", fed.sim_time_budget, "simulated seconds > 0, or null for none", 600.0)
     if fed.clients_per_round > fed.num_clients:
         raise bad_value("fed.clients_per_round", fed.clients_per_round,
                         f"at most fed.num_clients={fed.num_clients} (clients sampled per round)", fed.num_clients)
@@ -335,9 +333,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad_value("data.n_train", cfg.data.n_train,
                         f"at least one training example per client (fed.num_clients={fed.num_clients})",
                         max(fed.num_clients, DataConfig.n_train))
-    if fed.client_data not in CLIENT_DATA:
-        raise bad_value("fed.client_data", fed.client_data, f"one of {CLIENT_DATA} (node: each Flower SuperNode "
-                        "holds its own data)", "node")
     if cfg.cost.mode not in COST_MODES:
         raise bad_value("cost.mode", cfg.cost.mode, f"one of {COST_MODES}", "projection")
     _check_device(cfg)

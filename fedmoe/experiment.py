@@ -41,9 +41,6 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if cfg.method not in available_methods():
         raise bad_value("method", cfg.method, f"a registered method, one of {available_methods()}", "fedit")
     cfg.method_args = check_method_args(cfg.method, cfg.method_args)
-    if cfg.fed.client_data == "node" and cfg.method == "central":
-        raise ConfigError("config key method=central pools every client's data on one machine, which "
-                          "fed.client_data=node rules out (fix: --set fed.client_data=server, or another method)")
     return cfg
 
 
@@ -121,13 +118,9 @@ def run(
             has results, raise instead of overwriting them.
         stop_after: stop after this round (to test and demonstrate resuming).
         federation: the server's world when it is not derived from ``cfg`` alone: with
-            ``fed.client_data=node``, :meth:`Federation.for_nodes` of the SuperNodes' descriptions.
+            SuperNodes that own their data, :meth:`Federation.for_nodes` of their descriptions.
     """
     check_config(cfg)  # a config built by hand is checked too, before its folder exists
-    if cfg.fed.client_data == "node" and federation is None:
-        raise ConfigError("config key fed.client_data=node runs only in a Flower deployment whose SuperNodes "
-                          "name their own data (`flwr run` against a SuperLink; see the README's Flower deployment "
-                          "section) (fix: --set fed.client_data=server for the in-process and simulation engines)")
     folder = open_run_folder(cfg, Path(out_dir) / (run_name or run_id(cfg)), resume)
     try:
         _run_rounds(cfg, executor_factory, folder, stop_after, progress, federation)
@@ -156,6 +149,8 @@ def _run_rounds(cfg: RunConfig, executor_factory: ExecutorFactory, folder: RunFo
         folder.set_rounds_aside()  # rounds without a checkpoint cannot be resumed consistently
 
     last = cfg.fed.rounds if stop_after is None else min(cfg.fed.rounds, stop_after)
+    if budget_spent(cfg, sim_time):
+        last = start - 1  # resumed after the round that spent the time budget: nothing left to run
     if start == 1 and last >= 1:
         folder.append_round(_evaluate_record(cfg, fed, server, {"round": 0, "sim_time": 0.0, "wall_time": 0.0}))
     bar = tqdm(range(start, last + 1), desc=f"{cfg.method} rounds", disable=not progress, initial=start - 1,
@@ -184,15 +179,23 @@ def _run_rounds(cfg: RunConfig, executor_factory: ExecutorFactory, folder: RunFo
             "client_log": client_log(tasks, updates),
             **result.log(),
         }
-        if r % cfg.fed.eval_every == 0 or r == cfg.fed.rounds:
+        final = r == cfg.fed.rounds or budget_spent(cfg, sim_time)
+        if r % cfg.fed.eval_every == 0 or final:
             record = _evaluate_record(cfg, fed, server, record)
         folder.append_round(record)
         folder.save_checkpoint({"round": r, "method": server.state_dict(), "sim_time": sim_time,
                                 "wall_time": wall_time})
         if "score" in record:
             bar.set_postfix(score=f"{record['score']:.3f}", loss=f"{record['train_loss']:.3f}")
-    if last == cfg.fed.rounds:
+        if final:
+            break
+    if last == cfg.fed.rounds or budget_spent(cfg, sim_time):
         write_summary(folder.path)
+
+
+def budget_spent(cfg: RunConfig, sim_time: float) -> bool:
+    """Whether a run at cumulative simulated time ``sim_time`` has used its ``fed.sim_time_budget``."""
+    return cfg.fed.sim_time_budget is not None and sim_time >= cfg.fed.sim_time_budget
 
 
 def client_log(tasks: list[ClientTask], updates: list[ClientUpdate]) -> dict[str, dict]:
@@ -210,6 +213,8 @@ def client_log(tasks: list[ClientTask], updates: list[ClientUpdate]) -> dict[str
 def price_round(fed: Federation, server: Server, round_: int, updates: list[ClientUpdate], *,
                 wait_seconds: float = 0.0, retries: int = 0) -> dict[str, Any]:
     """Simulated seconds of a round: the slowest client's time plus server time (see ``fedmoe.fl.cost``);
+    ``bytes_up`` / ``bytes_down`` are the priced transfers (on the projected architecture in ``projection``
+    mode), ``bytes_sent`` the bytes of the tensors the client actually returned;
     at least ``wait_seconds`` before the server phase when a client never answered, plus
     ``fed.timeout_seconds`` for each of ``retries`` failed attempts of the round.
 
@@ -224,14 +229,18 @@ def price_round(fed: Federation, server: Server, round_: int, updates: list[Clie
         device = fed.devices[u.client_id]
         check_fits(work, device, what=f"client {u.client_id}'s {fed.cfg.method} task in round {round_}")
         times[u.client_id] = client_time(work, device)
-    rt = round_time(list(times.values()), server_seconds=fed.cfg.cost.server_seconds, overlap=server.overlap(round_),
+    overlap = server.overlap(round_)
+    rt = round_time(list(times.values()), server_seconds=fed.cfg.cost.server_seconds, overlap=overlap,
                     wait_seconds=wait_seconds)
     return {
         "round_seconds": rt.total + retries * fed.cfg.fed.timeout_seconds,
+        "overlap": overlap,
+        "wait_seconds": wait_seconds,
         "client_seconds": {str(c): t.total for c, t in times.items()},
         "client_time_parts": {str(c): t.__dict__ for c, t in times.items()},
-        "bytes_up": {str(u.client_id): u.bytes_up for u in updates},
+        "bytes_up": {str(u.client_id): int(u.work.get("bytes_up", 0)) for u in updates},
         "bytes_down": {str(u.client_id): int(u.work.get("bytes_down", 0)) for u in updates},
+        "bytes_sent": {str(u.client_id): u.bytes_up for u in updates},
         "peak_memory": {str(u.client_id): int(u.work.get("memory_bytes", 0)) for u in updates},
         "devices": {str(u.client_id): fed.devices[u.client_id].name for u in updates},
         "cost_mode": fed.cost.mode,

@@ -24,6 +24,7 @@ CONFIG_CASES = [
     ("rounds-zero", ["--set", "fed.rounds=0"], r"fed\.rounds=0 is invalid: expected a number >= 1"),
     ("batch-bool", ["--set", "fed.batch_size=true"], r"fed\.batch_size=True is invalid: expected an integer"),
     ("eval-every-zero", ["--set", "fed.eval_every=0"], r"fed\.eval_every=0 .*>= 1"),
+    ("time-budget-zero", ["--set", "fed.sim_time_budget=0"], r"fed\.sim_time_budget=0 .*simulated seconds > 0"),
     ("more-sampled-than-clients", ["--set", "fed.clients_per_round=5"],
      r"fed\.clients_per_round=5 is invalid: expected at most fed\.num_clients=4"),
     ("no-clients", ["--set", "fed.num_clients=0"], r"fed\.num_clients=0 .*>= 1"),

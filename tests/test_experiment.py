@@ -30,6 +30,22 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     assert load_summary(resumed)["final_score"] == load_summary(full)["final_score"]
 
 
+def test_time_budget_ends_the_run_after_the_round_that_spends_it(tmp_path):
+    """A run with ``fed.sim_time_budget`` stops after the first round whose cumulative simulated time reaches
+    it (scored there, summary written); resumed from a checkpoint it matches the uninterrupted run."""
+    capped = load_rounds(run(_cfg(**{"fed.rounds": 4}), out_dir=tmp_path / "ref", progress=False))
+    budget = (capped[1]["sim_time"] + capped[2]["sim_time"]) / 2  # spent during round 2
+    cfg = _cfg(**{"fed.rounds": 4, "fed.sim_time_budget": budget, "fed.eval_every": 3})
+    full = run(cfg, out_dir=tmp_path / "a", progress=False)
+    rounds = load_rounds(full)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert "score" in rounds[-1] and "score" not in rounds[1]
+    assert load_summary(full)["rounds"] == 2
+    part = run(cfg, out_dir=tmp_path / "b", stop_after=1, progress=False)
+    assert not (part / "summary.json").exists()
+    assert _strip(load_rounds(run(cfg, out_dir=tmp_path / "b", progress=False))) == _strip(rounds)
+
+
 def test_run_records_rounds_and_costs(tmp_path):
     folder = run(_cfg(**{"fed.rounds": 2}), out_dir=tmp_path, progress=False)
     rounds = load_rounds(folder)

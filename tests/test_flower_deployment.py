@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 
 from fedmoe.config import load_config
 from fedmoe.engines import run
+from fedmoe.engines.flower import node_run_id
 from fedmoe.experiment import run_id
 from fedmoe.moe.zoo import default_cache_dir
 from fedmoe.results import SUMMARY_FILE, load_rounds
@@ -211,10 +212,10 @@ def supernode_command(ca: Path, link_port: int, port: int, node_config: str, *ex
             "--host", "127.0.0.1", "--port", str(port), "--node-config", node_config, *extra]
 
 
-def flwr_run_command(app: Path, out_dir: Path, overrides: list[str]) -> list[str]:
+def flwr_run_command(app: Path, out_dir: Path, overrides: list[str], client_data: str = "server") -> list[str]:
     """``flwr run`` of the app copy on the TLS connection, streaming its log until the run ends."""
     return [str(BIN / "flwr"), "run", str(app), CONNECTION, "--stream", "--run-config",
-            f'overrides="{";".join(overrides)}" out-dir="{out_dir}" config=""']
+            f'overrides="{";".join(overrides)}" out-dir="{out_dir}" config="" client-data="{client_data}"']
 
 
 def start(cmd: list[str], env: dict, cwd: Path, log: Path, watcher: ListeningSockets) -> subprocess.Popen:
@@ -305,7 +306,7 @@ def test_flower_deployment_over_tls_on_loopback(tmp_path):
 
 
 NODE_OVERRIDES = ["scale=smoke", "fed.rounds=3", "fed.num_clients=3", "fed.clients_per_round=3",
-                  "fed.client_data=node", "fed.min_fit_fraction=0.5"]
+                  "fed.min_fit_fraction=0.5"]
 NODE_TIMEOUT_S = 600.0  # 3 nodes + the SuperLink's 60 s to notice the killed node, on 2 shared cores
 NODE_DATA = {0: (30, "rtx-3090-24gb"), 1: (40, "rtx-3060-12gb"), 2: (50, "jetson-orin-nx-16gb")}
 
@@ -354,7 +355,7 @@ def test_flower_deployment_nodes_own_data_with_node_auth_and_a_killed_node(tmp_p
     watcher = ListeningSockets()
     watcher.start()
     deadline = time.monotonic() + NODE_TIMEOUT_S
-    folder = out_dir / run_id(load_config(None, NODE_OVERRIDES))
+    folder = out_dir / node_run_id(load_config(None, NODE_OVERRIDES))
     node_ids: dict[int, int] = {}
     try:
         logs["superlink"] = logs_dir / "superlink.log"
@@ -376,7 +377,7 @@ def test_flower_deployment_nodes_own_data_with_node_auth_and_a_killed_node(tmp_p
                                   "--auth-supernode-private-key", str(keys[i][0])),
                 env, tmp_path, logs[f"supernode-{i}"], watcher)
         logs["flwr-run"] = logs_dir / "flwr-run.log"
-        procs["flwr-run"] = start(flwr_run_command(app, out_dir, NODE_OVERRIDES), env, tmp_path, logs["flwr-run"],
+        procs["flwr-run"] = start(flwr_run_command(app, out_dir, NODE_OVERRIDES, client_data="node"), env, tmp_path, logs["flwr-run"],
                                   watcher)
 
         # Kill node 2 (and its ClientApp processes) once round 1 is recorded.

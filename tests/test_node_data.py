@@ -1,4 +1,4 @@
-"""SuperNodes that own their data (fed.client_data=node): node configs, the describe reply, the server's roster."""
+"""SuperNodes that own their data (Flower run config client-data=node): node configs, the describe reply, the server's roster."""
 
 import json
 
@@ -6,8 +6,7 @@ import pytest
 
 from fedmoe.config import ConfigError, load_config
 from fedmoe.data.offline import make_benchmark
-from fedmoe.engines import run
-from fedmoe.experiment import check_config
+from fedmoe.experiment import check_config, run_id
 from fedmoe.fl.devices import get_device, get_fleet
 from fedmoe.fl.node_data import (
     NodeConfigError,
@@ -109,8 +108,7 @@ def test_roster_rejects_a_bad_description(reply, message):
 def test_server_federation_holds_counts_and_devices_but_no_client_data():
     from fedmoe.engines.flower import node_federation
 
-    cfg = check_config(load_config(None, {"fed.num_clients": 2, "fed.clients_per_round": 2,
-                                          "fed.client_data": "node"}, scale="smoke"))
+    cfg = check_config(load_config(None, {"fed.num_clients": 2, "fed.clients_per_round": 2}, scale="smoke"))
     roster = NodeRoster([15, 907], [30, 40], ["a100-80gb", ""])
     fed = node_federation(cfg, roster)
     assert [fed.num_examples(c) for c in (0, 1)] == [30, 40]
@@ -123,12 +121,14 @@ def test_server_federation_holds_counts_and_devices_but_no_client_data():
 
 # --- the switch -----------------------------------------------------------------------------------------------
 
-def test_client_data_switch_is_checked_up_front(tmp_path):
-    with pytest.raises(ConfigError, match=r"fed.client_data='nodes' is invalid: expected one of \('server', 'node'\)"):
-        load_config(None, {"fed.client_data": "nodes"})
-    with pytest.raises(ConfigError, match="method=central pools every client's data"):
-        check_config(load_config(None, {"method": "central", "fed.client_data": "node"}, scale="smoke"))
-    cfg = load_config(None, {"fed.client_data": "node"}, scale="smoke")
-    with pytest.raises(ConfigError, match="runs only in a Flower deployment"):
-        run(cfg, out_dir=tmp_path, progress=False)
-    assert not any(tmp_path.iterdir())
+def test_client_data_switch_is_a_checked_flower_run_config_key():
+    from types import SimpleNamespace
+
+    from fedmoe.engines.flower import client_data_mode, node_run_id
+
+    assert client_data_mode(SimpleNamespace(run_config={})) == "server"
+    assert client_data_mode(SimpleNamespace(run_config={"client-data": "node"})) == "node"
+    with pytest.raises(ConfigError, match=r"client-data='nodes' is invalid: expected one of \('server', 'node'\)"):
+        client_data_mode(SimpleNamespace(run_config={"client-data": "nodes"}))
+    cfg = load_config(None, {}, scale="smoke")
+    assert node_run_id(cfg).endswith("-nodes") and node_run_id(cfg) != run_id(cfg)

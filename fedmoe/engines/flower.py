@@ -4,7 +4,8 @@ The ServerApp's ``main`` runs :func:`fedmoe.experiment.run` with an executor tha
 :class:`ClientTask` into a Flower ``Message`` (tensors in an ``ArrayRecord``, the plan as JSON in a
 ``ConfigRecord``), sends it to a SuperNode with ``grid.send_and_receive`` and turns the replies
 back into :class:`ClientUpdate` objects. The ClientApp builds only the method's client half (never its
-server) to call ``update``. Where the data lives is ``fed.client_data``:
+server) to call ``update``. Where the data lives is the Flower run-config key ``client-data`` (a property of
+the deployment, not of the experiment, so it is not part of the run config and its digest):
 
 - ``server`` (default): clients are virtual. Every ClientApp rebuilds the whole :class:`Federation` from the
   config and serves whichever client id a task names, so any SuperNode can serve it (as in Flower's
@@ -41,7 +42,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.common.logger import log  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
-from fedmoe.config import RunConfig, from_dict, load_config  # noqa: E402
+from fedmoe.config import ConfigError, RunConfig, from_dict, load_config  # noqa: E402
 from fedmoe.experiment import check_config, run, run_id  # noqa: E402
 from fedmoe.fl.contract import (  # noqa: E402
     ClientFailure,
@@ -64,7 +65,7 @@ from fedmoe.methods.base import get_method  # noqa: E402
 from fedmoe.results import RunFolder  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
-DESCRIBE = "query"  # message type of the server's first question to each SuperNode (fed.client_data=node)
+DESCRIBE = "query"  # message type of the server's first question to each SuperNode (client-data=node)
 NODE_WAIT_S = 300.0  # how long the ServerApp waits for fed.num_clients SuperNodes (run config: node-wait-s)
 
 
@@ -84,7 +85,7 @@ def _unpack(content: RecordDict) -> tuple[dict[str, torch.Tensor], str]:
 
 def flower_executor(grid: Grid, timeout: float | None = None):
     """An executor (see :mod:`fedmoe.experiment`) that runs tasks on the grid's SuperNodes, client ``c`` on the
-    ``(c mod n)``-th connected node (virtual clients, ``fed.client_data=server``); an error reply is that
+    ``(c mod n)``-th connected node (virtual clients, ``client-data=server``); an error reply is that
     client's :class:`ClientFailure` (a task without a reply is left to the runner, which logs it)."""
 
     def execute(tasks: list[ClientTask]) -> list[ClientUpdate | ClientFailure]:
@@ -97,7 +98,7 @@ def flower_executor(grid: Grid, timeout: float | None = None):
 
 
 def node_executor(grid: Grid, roster: NodeRoster, devices: list[DeviceProfile], timeout: float | None = None):
-    """An executor for ``fed.client_data=node``: client ``c``'s task goes to its own SuperNode
+    """An executor for ``client-data=node``: client ``c``'s task goes to its own SuperNode
     ``roster.node_ids[c]`` with every client's device profile; a node that died or failed is that client's
     :class:`ClientFailure` (the SuperLink answers a message to an offline node with an error)."""
     profiles = json.dumps([dataclasses.asdict(d) for d in devices])
@@ -165,6 +166,18 @@ def node_federation(cfg: RunConfig, roster: NodeRoster) -> Federation:
     return Federation.for_nodes(cfg, roster.num_examples, roster.device_profiles(fleet_devices))
 
 
+CLIENT_DATA = ("server", "node")
+
+
+def client_data_mode(context: Context) -> str:
+    """Where clients' data lives, from the Flower run-config key ``client-data`` (default ``server``)."""
+    mode = str(context.run_config.get("client-data", "server"))
+    if mode not in CLIENT_DATA:
+        raise ConfigError(f"Flower run config client-data={mode!r} is invalid: expected one of {CLIENT_DATA} "
+                          "(fix: --run-config 'client-data=\"node\"' when each SuperNode names its own data)")
+    return mode
+
+
 def config_from_context(context: Context) -> RunConfig:
     """The run config named by a Flower run config (``config`` path and ``overrides`` string)."""
     rc = context.run_config
@@ -182,7 +195,7 @@ def _client_half(cfg_json: str):
 
 @functools.lru_cache(maxsize=2)
 def _node_client_half(cfg_json: str, node_config_json: str, devices_json: str, client_id: int):
-    """The client half of a SuperNode that owns its data (``fed.client_data=node``): its own examples only."""
+    """The client half of a SuperNode that owns its data (``client-data=node``): its own examples only."""
     cfg = from_dict(json.loads(cfg_json))
     torch.set_num_threads(cfg.threads)
     examples = load_node_examples(parse_node_config(json.loads(node_config_json)), cfg)
@@ -191,7 +204,7 @@ def _node_client_half(cfg_json: str, node_config_json: str, devices_json: str, c
 
 
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
-    """A ClientApp running the method's client ``update`` (and, with ``fed.client_data=node``, answering the
+    """A ClientApp running the method's client ``update`` (and, with ``client-data=node``, answering the
     server's describe query from its node's own data); the config comes from ``cfg`` or the run config."""
     app = ClientApp()
 
@@ -201,7 +214,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         cfg_json = json.dumps(run_cfg.to_dict(), sort_keys=True)
         tensors, meta = _unpack(msg.content)
         task = task_from_json(meta, tensors)
-        if run_cfg.fed.client_data == "node":
+        if client_data_mode(context) == "node":
             client = _node_client_half(cfg_json, json.dumps(dict(context.node_config), sort_keys=True),
                                        str(msg.content["devices"]["json"]), task.client_id)
         else:
@@ -222,26 +235,35 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 def make_server_app(cfg: RunConfig | None = None, *, out_dir: str | Path = "results", run_name: str | None = None,
                     progress: bool = False) -> ServerApp:
     """A ServerApp whose ``main`` runs the experiment through :func:`flower_executor`, or, with
-    ``fed.client_data=node``, on the SuperNodes' own data through :func:`node_executor`."""
+    ``client-data=node``, on the SuperNodes' own data through :func:`node_executor`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = check_config(cfg if cfg is not None else config_from_context(context))
         out = context.run_config.get("out-dir", out_dir) if cfg is None else out_dir
-        if run_cfg.fed.client_data != "node":
+        if client_data_mode(context) != "node":
             run(run_cfg, lambda spec, fed: flower_executor(grid), out_dir=out, run_name=run_name, progress=progress)
             return
+        if run_cfg.method == "central":
+            raise ConfigError("config key method=central pools every client's data on one machine, which "
+                              "client-data=node rules out (fix: another method, or client-data=\"server\")")
         wait_s = float(context.run_config.get("node-wait-s", NODE_WAIT_S))
         roster = describe_nodes(grid, wait_for_nodes(grid, run_cfg.fed.num_clients, wait_s))
         fed = node_federation(run_cfg, roster)
         for c, node in enumerate(roster.node_ids):
             log(INFO, "fedmoe: client %d is SuperNode %d (%d examples, device %s)", c, node,
                 roster.num_examples[c], fed.devices[c].name)
-        run(run_cfg, lambda spec, _: node_executor(grid, roster, fed.devices), out_dir=out, run_name=run_name,
-            progress=progress, federation=fed)
+        # its own folder name: the same config on the nodes' data is another experiment than on the server's
+        run(run_cfg, lambda spec, _: node_executor(grid, roster, fed.devices), out_dir=out,
+            run_name=run_name or node_run_id(run_cfg), progress=progress, federation=fed)
 
     return app
+
+
+def node_run_id(cfg: RunConfig) -> str:
+    """The results folder name of ``cfg`` run on SuperNodes that own their data (``client-data=node``)."""
+    return run_id(cfg) + "-nodes"
 
 
 def loopback_environment() -> None:

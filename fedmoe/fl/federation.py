@@ -7,7 +7,7 @@ derive from ``cfg.data_seed`` (the world runs are compared on); ``cfg.seed`` dri
 (initialisation, client sampling, batch order). Because it is a pure function of the config,
 a Flower client in another process rebuilds exactly the same world as the in-process engine.
 
-In a deployment where each SuperNode owns its data (``fed.client_data=node``) no process holds every client's
+In a deployment where each SuperNode owns its data (Flower run config ``client-data=node``) no process holds every client's
 data: the server's federation (:meth:`Federation.for_nodes`) knows each client's example count and device from
 the nodes' own descriptions, and a node's federation (:meth:`Federation.for_node`) holds that node's examples
 only. Both share the base model and test set this module builds from the config.
@@ -103,7 +103,7 @@ class Federation:
         """Client ``client_id``'s local training examples (an error where another process holds them)."""
         part = self.train_parts[client_id]
         if part is None:
-            raise LookupError(f"client {client_id}'s data lives on its own SuperNode (fed.client_data=node); this "
+            raise LookupError(f"client {client_id}'s data lives on its own SuperNode (client-data=node); this "
                               "process does not hold it")
         return part
 

@@ -1,4 +1,4 @@
-"""Client data owned by a Flower SuperNode (``fed.client_data=node``): what a node holds, and the server's roster.
+"""Client data owned by a Flower SuperNode (Flower run config ``client-data=node``): what a node holds, and the server's roster.
 
 A SuperNode names its data in its ``--node-config`` (Flower parses ``key=value`` pairs into
 ``Context.node_config``)::

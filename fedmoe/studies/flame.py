@@ -80,6 +80,38 @@ def run_grid(methods: Iterable[str], settings: Iterable[str], *, out_dir: str | 
     return folders
 
 
+def rank_precondition(*, out_dir: str | Path, scale: str = "default", seeds: Sequence[int] = (0,),
+                      overrides: dict[str, Any] | None = None, jobs: int | None = None,
+                      progress: bool = False) -> tuple[Comparison, dict[str, list[Path]]]:
+    """Whether rank compression costs the LoRA baselines in this setting, checked before FLAME is compared:
+    FedIT on the homogeneous fleet at the full rank minus FedIT at the heavy-tail setting's weakest rank
+    (alpha scaled to keep alpha/r), paired over seeds and test items. FLAME's claim (spend a weak client's
+    budget on fewer experts, not on a smaller rank) can only show where this difference is positive;
+    returns the comparison and ``{"full": [...], "weakest": [...]}`` run folders."""
+    base = make_config("fedit", "homogeneous", scale=scale, overrides=overrides)
+    weak_cfg = make_config("flame", "heavy-tail", scale=scale, overrides=overrides)
+    full_rank = int(base.method_args["rank"])
+    weak_rank = ladder(full_rank, max(setting_tiers(weak_cfg, weak_cfg.method_args)))
+    alpha = float(base.method_args["alpha"]) * weak_rank / full_rank
+    configs = []
+    for args in ({}, {"rank": weak_rank, "alpha": alpha}):
+        configs += [make_config("fedit", "homogeneous", scale=scale, seed=s, overrides=overrides,
+                                method_args=args or None) for s in seeds]
+    done = run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress)
+    runs = {"full": done[:len(seeds)], "weakest": done[len(seeds):]}
+    return compare(runs["full"], runs["weakest"]), runs
+
+
+def precondition_row(comparison: Comparison, seeds: int, setting: str = "") -> TargetRow:
+    """The precondition as a report row: full rank minus weakest rank must be positive (MET: the setting can
+    show FLAME's mechanism; otherwise its FLAME-vs-baseline verdicts do not test the paper's claim)."""
+    diff = comparison.difference
+    where = f" ({setting})" if setting else ""
+    return TargetRow(paper="FLAME", target=f"precondition: rank compression costs FedIT{where}", measured=diff,
+                     goal="> +0.0", verdict=judge_target(diff, 0.0), command=COMMAND, seeds=seeds,
+                     note="FedIT full rank - FedIT at the weakest tier's rank, homogeneous fleet, paired")
+
+
 def best_baseline(folders: dict[tuple[str, str], list[Path]], setting: str) -> str:
     """The baseline with the highest mean score over seeds in ``setting`` (chosen before comparing)."""
     return best_by_mean({m: runs for (m, s), runs in folders.items() if s == setting and m != "flame"})

@@ -14,10 +14,12 @@ suite is reported beside it, none is picked after the fact.
 1. *Target*: the base model's score (round 0) plus :data:`TARGET_FRACTION` (90%) of the improvement FMD, the
    whole model and the converged reference, reaches by the end of its full run. Computed per seed; its interval
    over seeds is reported (:func:`target_interval`).
-2. *Horizon* ``H``: the simulated time every paper method's run covers, ``min`` over FLUX, FMD, FMQ and FMES of
-   the run's last ``sim_time`` (:func:`horizon`). Every method's curve (``fedit-nf4`` included, which is outside
-   the paper and does not set ``H``) is read up to ``H`` only, so no method is credited for simulated time
-   another could not reach; ``H`` is fixed before any time is compared.
+2. *Horizon* ``H``: every method runs on the same simulated-time budget (``fed.sim_time_budget``; a method
+   with cheap rounds runs more of them, ``fed.rounds`` only caps the count), and ``H`` is the simulated time
+   every paper method's run covers, ``min`` over FLUX, FMD, FMQ and FMES of the run's last ``sim_time``
+   (:func:`horizon`; at or just past the budget). Every method's curve (``fedit-nf4`` included, which is
+   outside the paper and does not set ``H``) is read up to ``H`` only, so no method is credited for simulated
+   time another could not reach; ``H`` is fixed before any time is compared.
 3. *Time to target*: the first trained round (round >= 1) with ``sim_time <= H`` and ``score >= target``. A run
    that never gets there is **censored** at ``min(H, its last sim_time)``: its true time is only known to be
    larger (:class:`Time`).
@@ -106,6 +108,23 @@ def run_grid(methods: Iterable[str] = METHODS, suites: Iterable[str] = SUITES, *
     folders: dict[tuple[str, str], list[Path]] = {}
     for key, folder in zip(keys, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True):
         folders.setdefault(key, []).append(folder)
+    return folders
+
+
+def run_variants(variants: dict[str, dict[str, Any]], suite: str = HEADLINE_SUITE, *, out_dir: str | Path,
+                 scale: str = "default", seeds: Sequence[int] = (0,), overrides: dict[str, Any] | None = None,
+                 jobs: int | None = None, progress: bool = False) -> dict[str, list[Path]]:
+    """Run (or reuse) FLUX with each variant's ``method_args`` over ``seeds`` in one parallel grid;
+    ``{variant: [run folder per seed]}`` (an empty dict is FLUX's defaults, shared with :func:`run_grid`)."""
+    names, configs = [], []
+    for name, args in variants.items():
+        for seed in seeds:
+            names.append(name)
+            configs.append(flux_config("flux", suite, scale=scale, seed=seed, overrides=overrides,
+                                       method_args=args or None))
+    folders: dict[str, list[Path]] = {}
+    for name, folder in zip(names, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True):
+        folders.setdefault(name, []).append(folder)
     return folders
 
 
@@ -389,6 +408,51 @@ def _wall_shares(folder: Path) -> float:
     return own / total if total else 0.0
 
 
+def repriced_round_seconds(record: dict[str, Any], server_seconds: float, *, net_up: float | None = None,
+                           net_down: float | None = None) -> float:
+    """The simulated seconds of a recorded round had every client's link run at ``net_up`` / ``net_down``
+    bytes/s (``None``: as recorded). Exact: transfers are bytes / bandwidth and nothing else in a client's
+    work depends on the network, so every other phase, the stale-profiling overlap, the timeout wait and the
+    retry penalty are kept as priced (:func:`fedmoe.fl.cost.round_time`)."""
+    from dataclasses import replace
+
+    from fedmoe.fl.cost import ClientTime, round_time
+
+    recorded, repriced = [], []
+    for c, parts in record["client_time_parts"].items():
+        t = ClientTime(**parts)
+        up = t.upload if net_up is None else record["bytes_up"][c] / net_up
+        down = t.download if net_down is None else record["bytes_down"][c] / net_down
+        recorded.append(t)
+        repriced.append(replace(t, upload=up, download=down, total=t.total - t.upload - t.download + up + down))
+
+    def total(times: list) -> float:
+        return round_time(times, server_seconds, overlap=record["overlap"], wait_seconds=record["wait_seconds"]).total
+
+    retry_penalty = record["round_seconds"] - total(recorded)
+    return total(repriced) + retry_penalty
+
+
+def bandwidth_sweep(runs: dict[str, Sequence[str | Path]], uplinks_mbit: Sequence[float], *,
+                    downlink_mbit: float | None = None) -> list[dict[str, Any]]:
+    """Mean round seconds of each method's recorded rounds re-priced at each uplink (Mbit/s; the downlink as
+    recorded, or ``downlink_mbit``): ``runs`` maps a method to its run folders (every seed's rounds pooled).
+    One row per (method, uplink) with the mean and the range over rounds."""
+    from fedmoe.fl.devices import MBIT_S
+    from fedmoe.results import load_config_dict
+
+    down = None if downlink_mbit is None else downlink_mbit * MBIT_S
+    rows = []
+    for method, folders in runs.items():
+        records = [(load_config_dict(f)["cost"]["server_seconds"], r) for f in folders for r in load_rounds(f)
+                   if r["round"] > 0]
+        for mbit in uplinks_mbit:
+            secs = [repriced_round_seconds(r, s, net_up=mbit * MBIT_S, net_down=down) for s, r in records]
+            rows.append({"method": method, "uplink_mbit": mbit, "round_seconds": float(np.mean(secs)),
+                         "min": float(np.min(secs)), "max": float(np.max(secs))})
+    return rows
+
+
 def diagnostics(folder: Path) -> dict[str, float]:
     """Mean profiling error (quantized vs full precision), staleness error, merge output error and round
     seconds over the run's rounds."""
@@ -428,9 +492,77 @@ def merge_ablation(fed, clients: list[int], *, examples: int = 32, seed: int = 0
             budget = layer_merge_budget(prof.freq, [num_experts] * num_layers, total, mode)
             apply_merge(model, plan_merge(model, [[] for _ in range(num_layers)], budget, prof, weights=weights,
                                           drop=drop, seed=seed))
-            rows.append({"client": c, "device": fed.devices[c].name, "slots": total, "budget": mode,
+            rows.append({"seed": seed, "client": c, "device": fed.devices[c].name, "slots": total, "budget": mode,
                          "weights": weights, "drop": drop, "per_layer": budget,
                          "output_error": output_error(base, model.eval(), batches)})
+    return rows
+
+
+#: The merge variants the paper compares, as (name, numerator, denominator) of ``1 - error(a) / error(b)``.
+MERGE_CONTRASTS = (
+    ("layer-aware vs uniform budget", "layer_aware/freq_attention", "uniform/freq_attention"),
+    ("layer-aware vs one merged expert per layer", "layer_aware/freq_attention", "one_per_layer/freq_attention"),
+    ("frequency x attention vs frequency-only weights", "layer_aware/freq_attention", "layer_aware/frequency"),
+)
+#: The paper's reported reductions of merge output error (percent), for the same contrasts.
+PAPER_MERGE_REDUCTIONS = (47.6, 65.6, 19.2)
+ABLATION_COMMAND = "make reproduce  (notebooks/flux/02_ablations.ipynb)"
+
+
+def variant_name(row: dict[str, Any]) -> str:
+    """A merge-ablation row's variant, ``budget/weights[/drop]``."""
+    return f"{row['budget']}/{row['weights']}" + ("/drop" if row["drop"] else "")
+
+
+def merge_reductions(rows: Sequence[dict[str, Any]]) -> dict[str, Interval]:
+    """Each contrast of :data:`MERGE_CONTRASTS` as a relative error reduction ``1 - error(a) / error(b)``: the
+    mean over clients within a seed (rows carry ``seed``), then the Student-t interval over seeds."""
+    out = {}
+    for name, a, b in MERGE_CONTRASTS:
+        per_seed = []
+        for seed in sorted({r["seed"] for r in rows}):
+            err = {v: np.mean([r["output_error"] for r in rows if r["seed"] == seed and variant_name(r) == v])
+                   for v in (a, b)}
+            per_seed.append(1.0 - err[a] / err[b])
+        out[name] = mean_ci(per_seed)
+    return out
+
+
+def stale_profiling_effect(stale: Sequence[str | Path], fresh: Sequence[str | Path]) -> dict[str, Interval]:
+    """Stale against fresh profiling, paired by seed: the round-time saving ``1 - round(stale) / round(fresh)``
+    (mean simulated round of each run) and the staleness error of the stale runs (the relative L1 distance
+    between the stale and the current profile), each with its interval over seeds."""
+    stale_by, fresh_by = by_seed(stale), by_seed(fresh)
+    if set(stale_by) != set(fresh_by):
+        raise ValueError(f"stale and fresh runs must share seeds, got {sorted(stale_by)} and {sorted(fresh_by)}")
+    seeds = sorted(stale_by)
+    saving = [1.0 - diagnostics(stale_by[s])["round_seconds"] / diagnostics(fresh_by[s])["round_seconds"]
+              for s in seeds]
+    return {"round_time_saving": mean_ci(saving),
+            "stale_error": mean_ci([diagnostics(stale_by[s])["stale_error"] for s in seeds])}
+
+
+def ablation_targets(merge_rows: Sequence[dict[str, Any]], stale: Sequence[str | Path],
+                     fresh: Sequence[str | Path]) -> list[TargetRow]:
+    """The issue's ablation targets as report rows: every merge contrast lowers output error (reduction > 0;
+    the paper's size in the note), stale profiling cuts round time (saving > 0) with < 2 points of staleness
+    error."""
+    n = len({r["seed"] for r in merge_rows})
+    rows = []
+    for (name, _, _), paper, (_, red) in zip(MERGE_CONTRASTS, PAPER_MERGE_REDUCTIONS,
+                                             merge_reductions(merge_rows).items(), strict=True):
+        rows.append(TargetRow(paper="FLUX", target=f"{name}: lower merge output error", measured=red, goal="> 0%",
+                              verdict=judge_target(red, 0.0), command=ABLATION_COMMAND, seeds=n,
+                              note=f"relative reduction, percent (paper: {paper}%); equal slot totals"))
+    effect = stale_profiling_effect(stale, fresh)
+    saving, err = effect["round_time_saving"], effect["stale_error"]
+    rows.append(TargetRow(paper="FLUX", target="stale profiling cuts round time", measured=saving, goal="> 0%",
+                          verdict=judge_target(saving, 0.0), command=ABLATION_COMMAND, seeds=saving.n,
+                          note="1 - stale / fresh mean simulated round, percent (paper: 28.2%)"))
+    rows.append(TargetRow(paper="FLUX", target="stale profiling adds < 2 points of profiling error", measured=err,
+                          goal="< 2.0", verdict=judge_target(err, 0.02, higher_is_better=False),
+                          command=ABLATION_COMMAND, seeds=err.n,
+                          note="relative L1 distance of the stale to the current profile, points"))
     return rows
 
 
