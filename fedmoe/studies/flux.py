@@ -531,15 +531,18 @@ def merge_reductions(rows: Sequence[dict[str, Any]]) -> dict[str, Interval]:
 def stale_profiling_effect(stale: Sequence[str | Path], fresh: Sequence[str | Path]) -> dict[str, Interval]:
     """Stale against fresh profiling, paired by seed: the round-time saving ``1 - round(stale) / round(fresh)``
     (mean simulated round of each run) and the staleness error of the stale runs (the relative L1 distance
-    between the stale and the current profile), each with its interval over seeds."""
+    between the stale and the current profile), each with its interval over seeds (the error's is undefined
+    when a run has no second round)."""
     stale_by, fresh_by = by_seed(stale), by_seed(fresh)
     if set(stale_by) != set(fresh_by):
         raise ValueError(f"stale and fresh runs must share seeds, got {sorted(stale_by)} and {sorted(fresh_by)}")
     seeds = sorted(stale_by)
     saving = [1.0 - diagnostics(stale_by[s])["round_seconds"] / diagnostics(fresh_by[s])["round_seconds"]
               for s in seeds]
-    return {"round_time_saving": mean_ci(saving),
-            "stale_error": mean_ci([diagnostics(stale_by[s])["stale_error"] for s in seeds])}
+    errors = [diagnostics(stale_by[s])["stale_error"] for s in seeds]
+    # a run of one round has no stale profile to measure: its error is unknown, and so is the interval
+    stale_error = mean_ci(errors) if np.isfinite(errors).all() else Interval(math.nan, math.nan, math.nan, len(seeds))
+    return {"round_time_saving": mean_ci(saving), "stale_error": stale_error}
 
 
 def ablation_targets(merge_rows: Sequence[dict[str, Any]], stale: Sequence[str | Path],
