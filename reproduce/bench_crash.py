@@ -281,9 +281,10 @@ def compare(reference: Path, crashed: Path, held: dict[int, str], total_rounds: 
     rounds = [r["round"] for r in run.rounds()]
     if rounds != list(range(total_rounds + 1)):
         problems.append(f"rounds {rounds}, expected 0..{total_rounds} once each")
-    for r, (a, b) in enumerate(zip(ref.rounds(), run.rounds(), strict=False)):
-        if without_wall_clock(a) != without_wall_clock(b):
-            keys = sorted(k for k in a.keys() | b.keys() if without_wall_clock(a.get(k)) != without_wall_clock(b.get(k)))
+    expected, got = map(without_wall_clock, ref.rounds()), map(without_wall_clock, run.rounds())
+    for r, (a, b) in enumerate(zip(expected, got, strict=False)):  # a length mismatch is named above
+        if a != b:
+            keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             problems.append(f"round {r} differs from the reference in {keys}")
     if without_wall_clock(ref.summary()) != without_wall_clock(run.summary()):
         problems.append("summary.json differs from the reference")
