@@ -9,7 +9,8 @@ its *working time* is from ``environment.json`` being written (the model is load
 Then the same config in a fresh folder, started ``--kills`` times and killed with SIGKILL each time, then started
 once more and left to finish. Kill times: ``--kills`` points drawn uniformly (seeded) over 90% of the reference's
 working time, sorted; each start is killed when it reaches the next point, counted from the round its checkpoint
-holds (work since the checkpoint is lost and redone, as after a real crash). ``--checkpoint-kills`` starts (seeded,
+holds (work since the checkpoint is lost and redone, as after a real crash), or, if it runs faster than the
+reference did, when it appends the last round's record (:class:`KillRule`). ``--checkpoint-kills`` starts (seeded,
 among the first half) instead run ``paused_save.py``, which pauses each checkpoint write halfway, and are killed
 as soon as a checkpoint's temporary file holds bytes: a kill in the middle of the write, every time.
 
@@ -22,7 +23,8 @@ Checks (each failure is a ``problem`` line; ``identical_rounds`` is 1 only when 
   wall clock included (resumed from the checkpoint, never recomputed);
 - no temporary file is left in the run folder.
 
-Output, one ``key value`` line each: ``sigkills``, ``kills_during_checkpoint`` (kills that left a checkpoint's
+Output: one line per kill on stderr (when it landed, the checkpoint's round before and after); then one ``key value``
+line each: ``sigkills``, ``kills_during_checkpoint`` (kills that left a checkpoint's
 temporary file behind, planned or not), ``restarts``, ``identical_rounds`` (1|0), ``problems``, ``seconds`` (the
 killed run's starts, all together) and ``reference_seconds``.
 """
@@ -39,13 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from fedmoe.results import CHECKPOINT_FILE, ENVIRONMENT_FILE, CheckpointError, RunFolder
+from fedmoe.results import CHECKPOINT_FILE, ENVIRONMENT_FILE, ROUNDS_FILE, CheckpointError, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "reproduce" / "configs" / "quickstart.yaml"
@@ -157,21 +158,33 @@ def _wait(child: Child, condition, timeout: float) -> bool:
     return False
 
 
-def _kill_rule(folder: Path, pause: float | None, delay: float) -> Callable[[], bool]:
-    """When to kill the start about to be launched into ``folder``: with a ``pause``, as soon as a new checkpoint
-    temporary holds bytes; otherwise ``delay`` seconds after it is ready (its ``environment.json`` rewritten)."""
-    env_before, tmp_before = _identity(folder / ENVIRONMENT_FILE), _checkpoint_temporaries(folder)
-    ready_at: float | None = None
+class KillRule:
+    """When to kill the start about to be launched into ``folder`` (call it: true means now). With a ``pause``: as
+    soon as a new checkpoint temporary holds bytes. Otherwise ``delay`` seconds after the start is ready (its
+    ``environment.json`` rewritten) or, if that comes first, the moment it appends the last round's record, so a
+    start running faster than the reference did is still killed before it finishes (``clamped``)."""
 
-    def due() -> bool:
-        nonlocal ready_at
-        if pause is not None:
-            return any(_size(p) > 0 for p in _checkpoint_temporaries(folder) - tmp_before)
-        if ready_at is None and _identity(folder / ENVIRONMENT_FILE) != env_before:
-            ready_at = time.perf_counter()
-        return ready_at is not None and time.perf_counter() >= ready_at + delay
+    def __init__(self, folder: Path, last_round: int, pause: float | None, delay: float):
+        self.folder, self.last_round, self.pause, self.delay = folder, last_round, pause, delay
+        self.env_before, self.tmp_before = _identity(folder / ENVIRONMENT_FILE), _checkpoint_temporaries(folder)
+        self.ready_at: float | None = None
+        self.rounds_seen: tuple[int, int] | None = None
+        self.clamped = False
 
-    return due
+    def __call__(self) -> bool:
+        if self.pause is not None:
+            return any(_size(p) > 0 for p in _checkpoint_temporaries(self.folder) - self.tmp_before)
+        rounds = _identity(self.folder / ROUNDS_FILE)
+        if self.ready_at is None:
+            if _identity(self.folder / ENVIRONMENT_FILE) == self.env_before:
+                return False
+            self.ready_at, self.rounds_seen = time.perf_counter(), rounds
+        if time.perf_counter() >= self.ready_at + self.delay:
+            return True
+        if rounds != self.rounds_seen:  # the log was written since last seen
+            self.rounds_seen = rounds
+            self.clamped = max(_round_lines(self.folder / ROUNDS_FILE), default=None) == self.last_round
+        return self.clamped
 
 
 def _size(path: Path) -> int:
@@ -231,8 +244,8 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
         pause = CHECKPOINT_PAUSE_SECONDS if killing and attempt in at_checkpoint and done <= total_rounds else None
         tmp_before = _checkpoint_temporaries(folder.path)
         # a timed kill lands at the next point of the reference's working time; this start resumes at `done`
-        due = _kill_rule(folder.path, pause, max(0.0, points[attempt] - working * done / (total_rounds + 1))
-                         ) if killing else None
+        due = KillRule(folder.path, total_rounds, pause,
+                       max(0.0, points[attempt] - working * done / (total_rounds + 1))) if killing else None
         child = Child(fedmoe_command(config, scale, overrides, engine, workdir, folder.path.name, pause),
                       workdir / f"crashed-{attempt}.log")
         killed = due is not None and _wait(child, due, limit)
@@ -263,6 +276,7 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
         report.timeline.append(
             f"kill {report.sigkills}: {time.perf_counter() - child.started:.1f} s after its start "
             f"({'planned in a paused checkpoint write' if pause is not None else f'timed, point {points[attempt - 1]:.2f} s'}"
+            f"{', clamped to the last round record' if due.clamped else ''}"
             f"), began at round {done}, checkpoint now at round "
             f"{ckpt['round'] if ckpt else None}{', mid-checkpoint-write' if mid_write else ''}")
         if ckpt is not None:
