@@ -7,12 +7,13 @@ Every run is the ``fedmoe run`` command in a subprocess leading a session of its
 process group and every descendant (Ray's processes included). First the reference: the config, uninterrupted;
 its *working time* is from ``environment.json`` being written (the model is loaded, the folder locked) to its exit.
 Then the same config in a fresh folder, started ``--kills`` times and killed with SIGKILL each time, then started
-once more and left to finish. Kill times: ``--kills`` points drawn uniformly (seeded) over 90% of the reference's
-working time, sorted; each start is killed when it reaches the next point, counted from the round its checkpoint
-holds (work since the checkpoint is lost and redone, as after a real crash), or, if it runs faster than the
-reference did, when it appends the last round's record (:class:`KillRule`). ``--checkpoint-kills`` starts (seeded,
-among the first half) instead run ``paused_save.py``, which pauses each checkpoint write halfway, and are killed
-as soon as a checkpoint's temporary file holds bytes: a kill in the middle of the write, every time.
+once more and left to finish. Each start is killed at a uniformly random (seeded) moment of its expected working
+time: the reference's time to its round-1 record (what every start pays before its first round is done; with Flower
+that includes Ray's workers starting) plus the reference's time for the rounds still to do (:meth:`Timeline.remaining`);
+a start running faster than the reference did is killed when it appends the last round's record instead
+(:class:`KillRule`). ``--checkpoint-kills`` starts (seeded, among the first half) run ``paused_save.py`` instead, which
+pauses each checkpoint write halfway, and are killed in a random one of their checkpoint writes as soon as its
+temporary file holds bytes: in the middle of the write, every time.
 
 Checks (each failure is a ``problem`` line; ``identical_rounds`` is 1 only when there is none):
 - after each kill the checkpoint, if any, loads (it is written atomically);
@@ -65,7 +66,7 @@ class CrashReport:
     seconds: float = 0.0
     reference_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
-    timeline: list[str] = field(default_factory=list)  # one line per kill: when, and what the checkpoint held
+    kill_log: list[str] = field(default_factory=list)  # one line per kill: when, and what the checkpoint held
 
     @property
     def identical_rounds(self) -> bool:
@@ -159,21 +160,24 @@ def _wait(child: Child, condition, timeout: float) -> bool:
 
 
 class KillRule:
-    """When to kill the start about to be launched into ``folder`` (call it: true means now). With a ``pause``: as
-    soon as a new checkpoint temporary holds bytes. Otherwise ``delay`` seconds after the start is ready (its
-    ``environment.json`` rewritten) or, if that comes first, the moment it appends the last round's record, so a
-    start running faster than the reference did is still killed before it finishes (``clamped``)."""
+    """When to kill the start about to be launched into ``folder`` (call it: true means now). With ``nth`` (the start
+    pauses its checkpoint writes): as soon as the ``nth`` checkpoint temporary it writes holds bytes. Otherwise
+    ``delay`` seconds after the start is ready (its ``environment.json`` rewritten) or, if that comes first, the moment
+    it appends the last round's record, so a start running faster than the reference did is still killed before it
+    finishes (``clamped``)."""
 
-    def __init__(self, folder: Path, last_round: int, pause: float | None, delay: float):
-        self.folder, self.last_round, self.pause, self.delay = folder, last_round, pause, delay
+    def __init__(self, folder: Path, last_round: int, delay: float = 0.0, nth: int | None = None):
+        self.folder, self.last_round, self.delay, self.nth = folder, last_round, delay, nth
         self.env_before, self.tmp_before = _identity(folder / ENVIRONMENT_FILE), _checkpoint_temporaries(folder)
+        self.written: set[Path] = set()  # checkpoint temporaries seen holding bytes
         self.ready_at: float | None = None
         self.rounds_seen: tuple[int, int] | None = None
         self.clamped = False
 
     def __call__(self) -> bool:
-        if self.pause is not None:
-            return any(_size(p) > 0 for p in _checkpoint_temporaries(self.folder) - self.tmp_before)
+        if self.nth is not None:
+            self.written |= {p for p in _checkpoint_temporaries(self.folder) - self.tmp_before if _size(p) > 0}
+            return len(self.written) >= self.nth
         rounds = _identity(self.folder / ROUNDS_FILE)
         if self.ready_at is None:
             if _identity(self.folder / ENVIRONMENT_FILE) == self.env_before:
@@ -185,6 +189,44 @@ class KillRule:
             self.rounds_seen = rounds
             self.clamped = max(_round_lines(self.folder / ROUNDS_FILE), default=None) == self.last_round
         return self.clamped
+
+
+@dataclass
+class Timeline:
+    """The reference run's clock in seconds after it was ready: when each round's record appeared, and its end."""
+
+    records: dict[int, float]
+    end: float
+
+    def remaining(self, done: int) -> float:
+        """Expected working seconds of a start that begins at round ``done``: the reference's time to its round-1
+        record (what a start pays before its first round is done: with Flower, Ray's workers start and build their
+        client halves), then its time after round ``done - 1``'s record; all of it for a fresh start."""
+        last = max(self.records)
+        if done == 0:
+            return self.end
+        if done > last:
+            return self.end - self.records[last]
+        return self.records[1] + self.end - self.records[done]
+
+
+def reference_run(command: list[str], folder: Path, log: Path) -> tuple[Timeline, float]:
+    """Run the reference uninterrupted, watching its round log; returns its :class:`Timeline` and total seconds."""
+    child, seen = Child(command, log), {}
+    ready: list[float] = []
+
+    def watch() -> bool:
+        if not ready and (folder / ENVIRONMENT_FILE).exists():
+            ready.append(time.perf_counter())
+        for r in _round_lines(folder / ROUNDS_FILE):
+            seen.setdefault(r, time.perf_counter())
+        return False
+
+    _wait(child, watch, timeout=24 * 3600)
+    end = time.perf_counter()
+    if child.proc.wait() != 0 or not ready:
+        raise RuntimeError(f"the reference run failed (see {child.log}):\n{child.tail()}")
+    return Timeline({r: t - ready[0] for r, t in seen.items()}, end - ready[0]), end - child.started
 
 
 def _size(path: Path) -> int:
@@ -219,18 +261,12 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
     report = CrashReport()
 
     ref_folder = workdir / "reference"
-    child = Child(fedmoe_command(config, scale, overrides, engine, workdir, ref_folder.name), workdir / "reference.log")
-    _wait(child, lambda: (ref_folder / ENVIRONMENT_FILE).exists(), timeout=3600)
-    ready = time.perf_counter() - child.started
-    if child.proc.wait() != 0:
-        raise RuntimeError(f"the reference run failed (see {child.log}):\n{child.tail()}")
-    report.reference_seconds = time.perf_counter() - child.started
-    working = report.reference_seconds - ready
+    timeline, report.reference_seconds = reference_run(
+        fedmoe_command(config, scale, overrides, engine, workdir, ref_folder.name), ref_folder, workdir / "reference.log")
     limit = 3 * report.reference_seconds + 300
     total_rounds = RunFolder(ref_folder).config_dict()["fed"]["rounds"]
 
     rng = random.Random(seed)
-    points = sorted(rng.uniform(0, 0.9 * working) for _ in range(kills))
     early = math.ceil(kills / 2)
     at_checkpoint = set(rng.sample(range(early), min(checkpoint_kills, early)))
 
@@ -240,12 +276,14 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
     while True:
         ckpt = folder.load_checkpoint() if folder.checkpoint_path.exists() else None
         done = ckpt["round"] + 1 if ckpt else 0  # rounds 0..done-1 are checkpointed
-        killing = attempt < kills
-        pause = CHECKPOINT_PAUSE_SECONDS if killing and attempt in at_checkpoint and done <= total_rounds else None
+        killing, u = attempt < kills, rng.random()
+        writes = total_rounds - max(done, 1) + 1  # checkpoints this start will write
+        pause = CHECKPOINT_PAUSE_SECONDS if killing and attempt in at_checkpoint and writes > 0 else None
         tmp_before = _checkpoint_temporaries(folder.path)
-        # a timed kill lands at the next point of the reference's working time; this start resumes at `done`
-        due = KillRule(folder.path, total_rounds, pause,
-                       max(0.0, points[attempt] - working * done / (total_rounds + 1))) if killing else None
+        due = None
+        if killing:  # a uniformly random moment of the start's expected working time, or of its checkpoint writes
+            due = (KillRule(folder.path, total_rounds, nth=1 + int(u * writes)) if pause is not None
+                   else KillRule(folder.path, total_rounds, delay=u * timeline.remaining(done)))
         child = Child(fedmoe_command(config, scale, overrides, engine, workdir, folder.path.name, pause),
                       workdir / f"crashed-{attempt}.log")
         killed = due is not None and _wait(child, due, limit)
@@ -273,12 +311,11 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
         except CheckpointError as err:
             report.problems.append(f"after kill {report.sigkills}: {err}")
             break
-        report.timeline.append(
-            f"kill {report.sigkills}: {time.perf_counter() - child.started:.1f} s after its start "
-            f"({'planned in a paused checkpoint write' if pause is not None else f'timed, point {points[attempt - 1]:.2f} s'}"
-            f"{', clamped to the last round record' if due.clamped else ''}"
-            f"), began at round {done}, checkpoint now at round "
-            f"{ckpt['round'] if ckpt else None}{', mid-checkpoint-write' if mid_write else ''}")
+        how = (f"in checkpoint write {due.nth} of the start" if pause is not None
+               else f"at ready + {due.delay:.1f} s" + (", clamped to the last round's record" if due.clamped else ""))
+        report.kill_log.append(f"kill {report.sigkills}: {time.perf_counter() - child.started:.1f} s after its start "
+                               f"({how}); it began at round {done}, the checkpoint now holds round "
+                               f"{ckpt['round'] if ckpt else None}{' (a checkpoint write cut short)' if mid_write else ''}")
         if ckpt is not None:
             lines = _round_lines(folder.rounds_path)
             held.update({r: line for r, line in lines.items() if r <= ckpt["round"]})
@@ -331,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--kills and --checkpoint-kills must be >= 0")
     report = crash_test(args.engine, args.kills, args.seed, args.workdir, checkpoint_kills=args.checkpoint_kills,
                         config=args.config, scale=args.scale, overrides=tuple(args.overrides or ["fed.rounds=6"]))
-    print("\n".join(report.timeline), file=sys.stderr)
+    print("\n".join(report.kill_log), file=sys.stderr)
     print("\n".join(report.lines()))
     for problem in report.problems:
         print(f"problem {problem}")
