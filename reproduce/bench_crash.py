@@ -7,13 +7,13 @@ Every run is the ``fedmoe run`` command in a subprocess leading a session of its
 process group and every descendant (Ray's processes included). First the reference: the config, uninterrupted;
 its *working time* is from ``environment.json`` being written (the model is loaded, the folder locked) to its exit.
 Then the same config in a fresh folder, started ``--kills`` times and killed with SIGKILL each time, then started
-once more and left to finish. Each start is killed at a uniformly random (seeded) moment of its expected working
-time: the reference's time to its round-1 record (what every start pays before its first round is done; with Flower
-that includes Ray's workers starting) plus the reference's time for the rounds still to do (:meth:`Timeline.remaining`);
-a start running faster than the reference did is killed when it appends the last round's record instead
-(:class:`KillRule`). ``--checkpoint-kills`` starts (seeded, among the first half) run ``paused_save.py`` instead, which
-pauses each checkpoint write halfway, and are killed in a random one of their checkpoint writes as soon as its
-temporary file holds bytes: in the middle of the write, every time.
+once more and left to finish. Kill points: ``--kills`` points of the run's progress drawn uniformly (seeded) over its
+rounds and sorted; the start is killed at the next one, the same fraction into that round as in the reference's
+clock, or in the first round it has to do if its checkpoint is already past the point (a resumed start's first round
+repays what every start pays, e.g. Flower's Ray workers starting): see :class:`KillRule`. Work since the
+checkpoint is lost and redone, as after a real crash. ``--checkpoint-kills`` starts (seeded, among the first half)
+run ``paused_save.py`` instead, which pauses each checkpoint write halfway, and are killed in their first checkpoint
+write as soon as its temporary file holds bytes: in the middle of the write, every time.
 
 Checks (each failure is a ``problem`` line; ``identical_rounds`` is 1 only when there is none):
 - after each kill the checkpoint, if any, loads (it is written atomically);
@@ -160,35 +160,43 @@ def _wait(child: Child, condition, timeout: float) -> bool:
 
 
 class KillRule:
-    """When to kill the start about to be launched into ``folder`` (call it: true means now). With ``nth`` (the start
-    pauses its checkpoint writes): as soon as the ``nth`` checkpoint temporary it writes holds bytes. Otherwise
-    ``delay`` seconds after the start is ready (its ``environment.json`` rewritten) or, if that comes first, the moment
-    it appends the last round's record, so a start running faster than the reference did is still killed before it
-    finishes (``clamped``)."""
+    """When to kill the start about to be launched into ``folder`` (call it: true means now).
 
-    def __init__(self, folder: Path, last_round: int, delay: float = 0.0, nth: int | None = None):
-        self.folder, self.last_round, self.delay, self.nth = folder, last_round, delay, nth
+    With ``nth`` (the start pauses its checkpoint writes): as soon as the ``nth`` checkpoint temporary it writes
+    holds bytes. Otherwise at ``point`` of the run's progress, in round units: the work of round ``u`` (its training,
+    evaluation, record) is ``[u, u + 1)``, so the kill lands in the round ``int(point)`` (or in the start's first
+    round, if the checkpoint is past it), the fraction ``point % 1`` of that round's time in the reference
+    (:meth:`Timeline.duration`) after the start began it (at ready, or when the previous round's record appeared).
+    If the start appends the round's record before, the kill lands then (``clamped``)."""
+
+    def __init__(self, folder: Path, timeline: Timeline, done: int, point: float = 0.0, nth: int | None = None):
+        self.folder, self.nth = folder, nth
         self.env_before, self.tmp_before = _identity(folder / ENVIRONMENT_FILE), _checkpoint_temporaries(folder)
         self.written: set[Path] = set()  # checkpoint temporaries seen holding bytes
-        self.ready_at: float | None = None
-        self.rounds_seen: tuple[int, int] | None = None
-        self.clamped = False
+        self.round = max(int(point), done)
+        self.seconds = (point % 1) * timeline.duration(self.round, first=self.round == done)
+        self.done, self.began, self.rounds_seen, self.clamped = done, None, None, False
 
     def __call__(self) -> bool:
         if self.nth is not None:
             self.written |= {p for p in _checkpoint_temporaries(self.folder) - self.tmp_before if _size(p) > 0}
             return len(self.written) >= self.nth
         rounds = _identity(self.folder / ROUNDS_FILE)
-        if self.ready_at is None:
+        if self.rounds_seen is None:  # not ready yet
             if _identity(self.folder / ENVIRONMENT_FILE) == self.env_before:
                 return False
-            self.ready_at, self.rounds_seen = time.perf_counter(), rounds
-        if time.perf_counter() >= self.ready_at + self.delay:
-            return True
-        if rounds != self.rounds_seen:  # the log was written since last seen
             self.rounds_seen = rounds
-            self.clamped = max(_round_lines(self.folder / ROUNDS_FILE), default=None) == self.last_round
-        return self.clamped
+            if self.round == self.done:
+                self.began = time.perf_counter()
+        elif rounds != self.rounds_seen:  # the log was written (or truncated) since last seen
+            self.rounds_seen = rounds
+            last = max(_round_lines(self.folder / ROUNDS_FILE), default=-1)
+            if self.began is None and last >= self.round - 1:
+                self.began = time.perf_counter()
+            if last >= self.round:
+                self.clamped = True
+                return True
+        return self.began is not None and time.perf_counter() >= self.began + self.seconds
 
 
 @dataclass
@@ -198,16 +206,12 @@ class Timeline:
     records: dict[int, float]
     end: float
 
-    def remaining(self, done: int) -> float:
-        """Expected working seconds of a start that begins at round ``done``: the reference's time to its round-1
-        record (what a start pays before its first round is done: with Flower, Ray's workers start and build their
-        client halves), then its time after round ``done - 1``'s record; all of it for a fresh start."""
-        last = max(self.records)
-        if done == 0:
-            return self.end
-        if done > last:
-            return self.end - self.records[last]
-        return self.records[1] + self.end - self.records[done]
+    def duration(self, round_: int, first: bool = False) -> float:
+        """Seconds of round ``round_``'s work in the reference (round 0: its evaluation after ready); the ``first``
+        round of a resumed start lasts at least as long as the reference's round 1, which holds what every start
+        pays before its first round is done (with Flower, Ray's workers starting and building client halves)."""
+        seconds = self.records.get(round_, self.end) - self.records.get(round_ - 1, 0.0)  # past the last: the end
+        return max(seconds, self.records[1] - self.records[0]) if first and round_ >= 1 else seconds
 
 
 def reference_run(command: list[str], folder: Path, log: Path) -> tuple[Timeline, float]:
@@ -267,6 +271,7 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
     total_rounds = RunFolder(ref_folder).config_dict()["fed"]["rounds"]
 
     rng = random.Random(seed)
+    points = sorted(rng.uniform(0, total_rounds + 1) for _ in range(kills))
     early = math.ceil(kills / 2)
     at_checkpoint = set(rng.sample(range(early), min(checkpoint_kills, early)))
 
@@ -276,14 +281,15 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
     while True:
         ckpt = folder.load_checkpoint() if folder.checkpoint_path.exists() else None
         done = ckpt["round"] + 1 if ckpt else 0  # rounds 0..done-1 are checkpointed
-        killing, u = attempt < kills, rng.random()
-        writes = total_rounds - max(done, 1) + 1  # checkpoints this start will write
-        pause = CHECKPOINT_PAUSE_SECONDS if killing and attempt in at_checkpoint and writes > 0 else None
+        killing = attempt < kills
+        pause = CHECKPOINT_PAUSE_SECONDS if killing and attempt in at_checkpoint and done <= total_rounds else None
         tmp_before = _checkpoint_temporaries(folder.path)
         due = None
-        if killing:  # a uniformly random moment of the start's expected working time, or of its checkpoint writes
-            due = (KillRule(folder.path, total_rounds, nth=1 + int(u * writes)) if pause is not None
-                   else KillRule(folder.path, total_rounds, delay=u * timeline.remaining(done)))
+        if killing and done <= total_rounds:
+            due = (KillRule(folder.path, timeline, done, nth=1) if pause is not None
+                   else KillRule(folder.path, timeline, done, point=points[attempt]))
+        elif killing:  # every round is checkpointed, only the summary is left: kill as soon as it is ready
+            due = KillRule(folder.path, timeline, done, point=done)
         child = Child(fedmoe_command(config, scale, overrides, engine, workdir, folder.path.name, pause),
                       workdir / f"crashed-{attempt}.log")
         killed = due is not None and _wait(child, due, limit)
@@ -312,7 +318,7 @@ def crash_test(engine: str = "inprocess", kills: int = 10, seed: int = 0, workdi
             report.problems.append(f"after kill {report.sigkills}: {err}")
             break
         how = (f"in checkpoint write {due.nth} of the start" if pause is not None
-               else f"at ready + {due.delay:.1f} s" + (", clamped to the last round's record" if due.clamped else ""))
+               else f"in round {due.round}, {due.seconds:.1f} s in" + (", at its record" if due.clamped else ""))
         report.kill_log.append(f"kill {report.sigkills}: {time.perf_counter() - child.started:.1f} s after its start "
                                f"({how}); it began at round {done}, the checkpoint now holds round "
                                f"{ckpt['round'] if ckpt else None}{' (a checkpoint write cut short)' if mid_write else ''}")

@@ -57,12 +57,12 @@ def test_compare_names_duplicated_differing_and_recomputed_rounds_and_leftovers(
     assert bench.compare(ref.path, ref.path, {}, total_rounds=2) == []
 
 
-def test_expected_working_time_of_a_start_repays_the_first_round_and_does_the_rest():
+def test_a_round_lasts_as_in_the_reference_and_a_resumed_start_repays_round_1():
     # reference: ready at 0, round records at 1, 41 (Ray's workers started in round 1), 44, 47; exit at 48
     timeline = bench.Timeline({0: 1.0, 1: 41.0, 2: 44.0, 3: 47.0}, end=48.0)
-    assert timeline.remaining(0) == 48.0  # a fresh start: all of it
-    assert timeline.remaining(2) == 41.0 + (48.0 - 44.0)  # to the round-1 record, then rounds 3.. and the end
-    assert timeline.remaining(4) == 1.0  # every round checkpointed: only the summary is left
+    assert [timeline.duration(r) for r in range(5)] == [1.0, 40.0, 3.0, 3.0, 1.0]  # round 4: the summary
+    assert timeline.duration(2, first=True) == 40.0  # a start resuming at round 2 starts Ray's workers again
+    assert timeline.duration(0, first=True) == 1.0
 
 
 def test_paused_save_cuts_only_a_checkpoint_write_in_two(tmp_path, monkeypatch):
