@@ -93,8 +93,9 @@ class RunFolder:
     # --- lock -----------------------------------------------------------------------------------------
     def lock(self) -> None:
         """Take the folder's write lock (an exclusive ``flock`` on its ``.lock`` file, released by
-        :meth:`unlock` or when the process ends, however it ends); a run holding it already is a
-        :class:`RunFolderLockedError`."""
+        :meth:`unlock` or when the process ends, however it ends: a run killed with SIGKILL leaves no stale
+        lock); a run holding it already is a :class:`RunFolderLockedError`. The holder then removes the
+        temporary files of writes a killed run left unfinished (:meth:`remove_temporaries`)."""
         self.create()
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -105,6 +106,17 @@ class RunFolder:
                 f"{self.path} is being written by another run (it holds {self.path / LOCK_FILE}); wait for it to "
                 "finish, or run into another folder (another run name or out_dir)") from None
         self._lock_fd = fd
+        self.remove_temporaries()
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files :func:`atomic_write` leaves when its process is killed mid-write (they
+        are never read; a checkpoint's can be as large as the model); returns what was deleted. Only the
+        lock's holder calls it: a live writer's temporary file looks the same."""
+        names = (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ENVIRONMENT_FILE)
+        stale = [tmp for name in names for tmp in self.path.glob(f".{name}.*.tmp")]
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        return stale
 
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock` (nothing if not held)."""
@@ -155,8 +167,13 @@ class RunFolder:
         path = self.rounds_path
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is {self.path} a run folder written by `fedmoe run`?")
+        return self._parse_rounds(path.read_text().splitlines())
+
+    def _parse_rounds(self, lines: list[str]) -> list[dict]:
+        """The round records of the round log's ``lines`` (see :meth:`rounds`)."""
+        path = self.rounds_path
         rounds = []
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -170,11 +187,16 @@ class RunFolder:
         return rounds
 
     def truncate_rounds(self, last_round: int) -> None:
-        """Drop records after ``last_round`` (a run killed between writing a line and a checkpoint)."""
+        """Drop records after ``last_round`` (a run killed between writing a line and a checkpoint), and a last
+        line without its newline (a run killed while appending it: :meth:`append_round` writes a record and its
+        newline in one write, so only a cut write leaves none)."""
         if not self.rounds_path.exists():
             return
-        keep = [line for line in self.rounds_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["round"] <= last_round]
+        text = self.rounds_path.read_text()
+        lines = text.splitlines()[:-1] if text and not text.endswith("\n") else text.splitlines()
+        lines = [line for line in lines if line.strip()]
+        keep = [line for line, record in zip(lines, self._parse_rounds(lines), strict=True)
+                if record["round"] <= last_round]
         atomic_write(self.rounds_path, lambda fh: fh.write("".join(line + "\n" for line in keep)))
 
     def set_rounds_aside(self) -> Path | None:

@@ -1,6 +1,10 @@
 """The run folder: one owner of the file names, atomic checkpoint/summary, no silent loss of finished rounds."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from fedmoe.results import (
     ROUNDS_FILE,
     CheckpointError,
     RunFolder,
+    RunFolderLockedError,
     load_rounds,
 )
 
@@ -52,6 +57,52 @@ def test_truncate_keeps_rounds_up_to_the_checkpoint(tmp_path):
         folder.append_round({"round": r})
     folder.truncate_rounds(1)
     assert [r["round"] for r in folder.rounds()] == [0, 1]
+
+
+def test_truncate_drops_a_last_line_cut_short_by_a_kill(tmp_path):
+    folder = RunFolder(tmp_path)
+    for r in range(2):
+        folder.append_round({"round": r})
+    with folder.rounds_path.open("a") as fh:
+        fh.write('{"round": 2, "sco')  # killed mid-append: no newline
+    folder.truncate_rounds(1)
+    assert folder.rounds_path.read_text() == '{"round": 0}\n{"round": 1}\n'
+
+
+def test_truncate_refuses_a_damaged_line_before_the_last(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.rounds_path.write_text('{"round": 0}\n{"rou\n{"round": 1}\n')
+    with pytest.raises(ValueError, match=f"{ROUNDS_FILE}, line 2: not a JSON round record"):
+        folder.truncate_rounds(1)
+
+
+def test_lock_of_a_run_killed_with_sigkill_does_not_block_the_restart(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fedmoe.results import RunFolder; "
+         "RunFolder(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(120)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderLockedError):  # alive: it holds the folder
+            RunFolder(tmp_path).lock()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+        holder.stdout.close()
+    RunFolder(tmp_path).lock()  # dead: its lock went with it, though its .lock file stays
+    assert (tmp_path / ".lock").exists()
+
+
+def test_lock_holder_removes_temporaries_of_writes_a_kill_cut_short(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.create()
+    stale = [tmp_path / f".{CHECKPOINT_FILE}.a1b2.tmp", tmp_path / f".{ROUNDS_FILE}.c3d4.tmp"]
+    others = [tmp_path / ".notes.x.tmp", tmp_path / CHECKPOINT_FILE]  # not the kit's temporaries
+    for path in stale + others:
+        path.write_bytes(b"half")
+    folder.lock()
+    assert [p.exists() for p in stale + others] == [False, False, True, True]
 
 
 def test_run_writes_environment_item_scores_and_sets_orphan_rounds_aside(tmp_path):
