@@ -138,9 +138,25 @@ class RunConfig:
         """A plain, JSON/YAML-serialisable dict."""
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same run: :meth:`to_dict` without the :data:`NEUTRAL_ADDITIONS` that hold
+        their neutral default (the written ``config.yaml`` and the digest are made from it)."""
+        out = self.to_dict()
+        for key, neutral in NEUTRAL_ADDITIONS.items():
+            section, name = key.split(".")
+            if out[section][name] == neutral:
+                del out[section][name]
+        return out
+
     def digest(self) -> str:
         """A short hash of the resolved config (what makes two runs the same run)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+#: Fields added after run folders were published, with the default that leaves a run exactly as before: while
+#: at it they are left out of a run's identity, so adding them renames no existing run (a new field goes here
+#: only when its default changes nothing a run computes).
+NEUTRAL_ADDITIONS: dict[str, Any] = {"fed.sim_time_budget": None}
 
 
 # The generic sizes of a scale, used where a config file gives no ``scales:`` block for it (and for runs
@@ -560,4 +576,4 @@ def _split_override(item: str) -> tuple[str, Any]:
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(cfg.identity(), sort_keys=False))
