@@ -120,3 +120,18 @@ def test_seed_varies_the_run_and_data_seed_the_world():
     assert feds[0].train_config(0, 1).seed != feds[1].train_config(0, 1).seed  # ... and orders batches
     other = load_config(None, {"data_seed": 1}, scale="smoke")
     assert load_task_data(other.data, seed=other.data_seed)[1] != feds[0].test_set  # data_seed moves the world
+
+
+def test_a_neutral_addition_stays_out_of_a_runs_identity_only_at_its_neutral_default(tmp_path):
+    """Adding ``fed.sim_time_budget`` renamed no existing run: at ``None`` it is neither written nor hashed;
+    set, it is both."""
+    from fedmoe.config import from_dict, save_config
+
+    plain = load_config(None, {})
+    budget = load_config(None, {"fed.sim_time_budget": 100})
+    assert "sim_time_budget" not in plain.identity()["fed"] and "sim_time_budget" in plain.to_dict()["fed"]
+    assert budget.identity()["fed"]["sim_time_budget"] == 100 and budget.digest() != plain.digest()
+    save_config(plain, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "sim_time_budget" not in text
+    assert from_dict(yaml.safe_load(text)).digest() == plain.digest()
