@@ -53,3 +53,21 @@ def test_bench_step_prints_the_ratio_lines(capsys):
     for method in ("fedit", "flame"):
         for suffix in ("", "_lo", "_hi"):
             assert f"kit_step_throughput_ratio_{method}{suffix} " in out
+
+
+def test_bench_dropout_refuses_unknown_methods_and_impossible_dropouts(capsys):
+    bench = _script("bench_dropout")
+    for argv in (["--methods", "fedavg"], ["--dropout", "1.0"]):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert "choose methods among fedit" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_dropout_runs_each_method_with_and_without_failures(tmp_path, capsys):
+    assert _script("bench_dropout").main(["--methods", "fedit", "--scale", "smoke", "--seeds", "0,1",
+                                          "--results", str(tmp_path), "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "completed_fedit 1" in out and "dropout_minus_clean_fedit_lo" in out
+    configs = sorted(p.read_text() for p in tmp_path.glob("*/config.yaml"))
+    assert len(configs) == 4 and sum("dropout: 0.3" in c for c in configs) == 2
