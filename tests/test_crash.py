@@ -82,18 +82,10 @@ def test_paused_save_cuts_only_a_checkpoint_write_in_two(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_in_process_run_killed_three_times_ends_as_the_uninterrupted_run(tmp_path):
-    report = bench.crash_test("inprocess", kills=3, seed=0, workdir=tmp_path, checkpoint_kills=1,
-                              overrides=("fed.rounds=4",))
+@pytest.mark.parametrize(("engine", "kills", "rounds"), [("inprocess", 3, 4), ("flower", 2, 3)])
+def test_run_killed_repeatedly_ends_as_the_uninterrupted_run(tmp_path, engine, kills, rounds):
+    report = bench.crash_test(engine, kills=kills, seed=0, workdir=tmp_path, checkpoint_kills=1,
+                              overrides=(f"fed.rounds={rounds}",))
     assert report.problems == []
-    assert (report.sigkills, report.restarts) == (3, 3)
-    assert report.kills_during_checkpoint >= 1
-
-
-@pytest.mark.slow
-def test_flower_simulation_killed_twice_ends_as_the_uninterrupted_run(tmp_path):
-    report = bench.crash_test("flower", kills=2, seed=0, workdir=tmp_path, checkpoint_kills=1,
-                              overrides=("fed.rounds=3",))
-    assert report.problems == []
-    assert (report.sigkills, report.restarts) == (2, 2)
+    assert (report.sigkills, report.restarts) == (kills, kills)
     assert report.kills_during_checkpoint >= 1
