@@ -36,8 +36,9 @@ setup: $(VENV)/.installed  ## create .venv and install the kit with its dev tool
 
 all: setup reproduce  ## set up, then run the main job (every notebook at SCALE, figures into figures/)
 
-lint: setup  ## ruff
+lint: setup  ## ruff (the notebooks: pyflakes rules, so no unused import or undefined name)
 	$(BIN)/ruff check fedmoe tests reproduce
+	$(BIN)/ruff check --select F notebooks
 
 test: lint  ## lint + the fast test suite + the quickstart notebook at smoke scale (nbval)
 	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider

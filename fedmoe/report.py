@@ -1,7 +1,7 @@
 """The generated results report (``figures/REPORT.md``) and the README section pasted from it.
 
 Each study (a benchmark script or notebook) writes one *section*: its paper's targets with measured intervals and
-verdicts, and its methods' scores on the shared benchmark (:func:`save_section`, a JSON file per study).
+verdicts, and its methods' scores on its benchmark (:func:`save_section`, a JSON file per study).
 :func:`render_report` turns every section into one markdown report; :func:`sync_readme` pastes the report's
 target tables into README.md between the markers ``<!-- report:start -->`` and ``<!-- report:end -->``, so no
 result is typed by hand and none can go stale. Output is deterministic (sorted, no timestamps): the same sections
@@ -58,11 +58,16 @@ class TargetRow:
 
 @dataclass(frozen=True)
 class HeadToHeadRow:
-    """One method's score on the shared benchmark, with optional extra columns (trainable params, bytes up ...)."""
+    """One method's score on a benchmark, with optional extra columns (trainable params, bytes up ...).
+
+    ``benchmark`` names what the score was measured on (suite, base model, fleet): the report compares rows only
+    within one benchmark, since a score on another suite or model is not comparable.
+    """
 
     method: str
     score: Interval
     columns: dict[str, float | int | str] = field(default_factory=dict)
+    benchmark: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,15 +185,21 @@ def _rank(study_row: tuple[str, HeadToHeadRow]) -> tuple:
 
 
 def _head_to_head_table(sections: Sequence[Section]) -> list[str]:
-    """Every method's score on the shared benchmark, best mean first (undefined last), then by method and study."""
+    """Every method's score, one table per benchmark (suite and split, model, fleet), best mean first (undefined
+    last)."""
     rows = [(section.study, row) for section in sections for row in section.head_to_head]
     if not rows:
-        return ["No method has been measured on the shared benchmark with seeds yet."]
-    rows.sort(key=_rank)
-    extra = sorted({key for _, row in rows for key in row.columns})
-    return _table(["method", "score", "study", *extra], [
-        [row.method, row.score.format(), study, *(_value(row.columns[k]) if k in row.columns else "—" for k in extra)]
-        for study, row in rows])
+        return ["No method has been measured on a benchmark with seeds yet."]
+    lines: list[str] = []
+    for benchmark in sorted({row.benchmark for _, row in rows}):
+        group = sorted(((study, row) for study, row in rows if row.benchmark == benchmark), key=_rank)
+        extra = sorted({key for _, row in group for key in row.columns})
+        lines += [f"### {benchmark or 'benchmark not recorded'}", "",
+                  *_table(["method", "score", "study", *extra], [
+                      [row.method, row.score.format(), study,
+                       *(_value(row.columns[k]) if k in row.columns else "—" for k in extra)]
+                      for study, row in group]), ""]
+    return lines[:-1]
 
 
 def render_report(sections: Sequence[Section], command: str = REPORT_COMMAND) -> str:
@@ -207,7 +218,9 @@ def render_report(sections: Sequence[Section], command: str = REPORT_COMMAND) ->
         *_paper_tables(sections),
         _TARGETS_END,
         "",
-        "## Head-to-head on the shared benchmark",
+        "## Head-to-head",
+        "",
+        "Scores compare only within one benchmark (suite and split · base model · fleet); each study runs its own.",
         "",
         *_head_to_head_table(sections),
     ]

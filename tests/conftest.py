@@ -1,4 +1,5 @@
-"""Shared test setup: offline Hugging Face, quiet warnings, and the `tiny_moe` model factory."""
+"""Shared test setup: offline Hugging Face, quiet warnings, the `tiny_moe` model factory and the `fake_run`
+run-folder factory."""
 
 import os
 
@@ -17,8 +18,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # made a millisecond forward pass take over a second.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -38,3 +43,20 @@ def build_tiny_moe(family: str, *, seed: int = 0, **config_overrides):
 def tiny_moe():
     """Factory fixture: ``tiny_moe(family, seed=0, **tiny_config_overrides) -> model`` (fresh each call)."""
     return build_tiny_moe
+
+
+def write_fake_run(folder, seed, items_per_round):
+    """A run folder as the runner writes it (config.yaml + rounds.jsonl), one evaluated round per entry of
+    ``items_per_round`` (hand-chosen per-item scores)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "method": "m"}))
+    lines = [{"round": r, "score": float(np.mean(items)), "item_scores": items, "sim_time": r, "wall_time": r}
+             for r, items in enumerate(items_per_round)]
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return folder
+
+
+@pytest.fixture
+def fake_run():
+    """Factory fixture: ``fake_run(folder, seed, items_per_round) -> folder`` (see :func:`write_fake_run`)."""
+    return write_fake_run

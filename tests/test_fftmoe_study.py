@@ -151,7 +151,7 @@ def test_targets_and_head_to_head_from_hand_made_runs(tmp_path):
     assert no_loss.verdict == MET and no_loss.measured.mean == pytest.approx(0.0)
     h2h = st.head_to_head(folders)
     assert [r.method for r in h2h] == list(st.METHODS)
-    assert h2h[0].columns["split"] == "dirichlet alpha=1" and h2h[0].columns["trainable params"] > 0
+    assert h2h[0].benchmark.startswith("dolly, dirichlet alpha=1 · ") and h2h[0].columns["trainable params"] > 0
 
 
 def test_strict_targets_need_the_whole_interval_above_zero():
@@ -173,5 +173,5 @@ def test_personalised_scores_cover_every_local_test_item_and_are_cached(tmp_path
     (folder / st.PERSONALISED_FILE).write_text(json.dumps({**result, "personalised": -1.0}))
     assert st.personalised_scores(folder)["personalised"] == -1.0  # read back, not recomputed
     baseline = run(st.cell_config("fedit", "alpha1", "smoke"), out_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="personalised models are FFT-MoE's"):
+    with pytest.raises(ValueError, match="is a fedit run; this evaluation needs a fftmoe run"):
         st.personalised_scores(baseline)

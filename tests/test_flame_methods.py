@@ -315,3 +315,31 @@ def test_end_to_end_and_resume(tmp_path, method):
             assert (e["top_k"], e["rank"]) == (2, [4, 2, 1][tier])
     again = run(cfg, out_dir=tmp_path, progress=False)  # a finished run is reused, not retrained
     assert load_rounds(again) == rounds
+
+
+def test_flame_tier_model_runs_the_tiers_top_k_through_its_rescaler(fed):
+    server = _method(fed, "flame")
+    batch = collate_train(fed.tokenizer, fed.client_data(0)[:4], fed.cfg.fed.max_length)
+    model = server.eval_model()
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    full = logits(model)
+    set_top_k(model, 1)
+    top1 = logits(model)
+    set_top_k(model, 2)
+    with pytest.raises(LookupError, match="tier 1 .top-1. has trained yet"), server.tier_model(1):
+        pass
+    layers = len(moe_layers(model))
+    server.rescales["k1"] = [1.0] * layers
+    with server.tier_model(1) as tier_model:
+        assert moe_layers(tier_model)[0].top_k == 1
+        assert torch.allclose(logits(tier_model), top1)
+    server.rescales["k1"] = [3.0] * layers  # the tier's learned gain changes what its model predicts
+    with server.tier_model(1) as tier_model:
+        assert not torch.allclose(logits(tier_model), top1, atol=1e-3)
+    assert moe_layers(model)[0].top_k == 2 and torch.allclose(logits(model), full)  # restored after the block
+    with server.tier_model(0) as tier_model:
+        assert torch.allclose(logits(tier_model), full)

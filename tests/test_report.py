@@ -31,9 +31,11 @@ PARITY = TargetRow(paper="FLUX", target="final score minus FMD's", measured=Inte
 LEAD = TargetRow(paper="FLAME", target="FLAME minus best baseline, heavy-tail",
                  measured=Interval(-0.06, -0.09, -0.03, n=3), goal="> 0", verdict="FAILED",
                  command="python reproduce/bench_flame.py")
-ROWS = (HeadToHeadRow("flame", Interval(0.40, 0.37, 0.43, n=3), {"trainable_params": 123456, "bytes_up": 1.5e6}),
-        HeadToHeadRow("fedit", Interval(0.45, 0.42, 0.48, n=3), {"trainable_params": 98304}),
-        HeadToHeadRow("one-seed", Interval(0.50, math.nan, math.nan, n=1)))
+ROWS = (HeadToHeadRow("flame", Interval(0.40, 0.37, 0.43, n=3), {"trainable_params": 123456, "bytes_up": 1.5e6},
+                      "dolly · tiny-olmoe"),
+        HeadToHeadRow("fedit", Interval(0.45, 0.42, 0.48, n=3), {"trainable_params": 98304}, "gsm · tiny-mixtral"),
+        HeadToHeadRow("one-seed", Interval(0.50, math.nan, math.nan, n=1), benchmark="gsm · tiny-mixtral"),
+        HeadToHeadRow("old", Interval(0.30, 0.20, 0.40, n=3)))
 SECTIONS = [Section("flux", (SPEEDUP, PARITY), ROWS[1:]), Section("flame", (LEAD,), ROWS[:1])]
 
 
@@ -50,14 +52,20 @@ def test_report_lists_every_target_with_interval_verdict_and_command():
     assert "studies: `flame`, `flux`" in text
 
 
-def test_head_to_head_is_sorted_by_score_with_every_column():
-    text = render_report(SECTIONS)
+def test_head_to_head_has_one_table_per_benchmark_sorted_by_score():
+    text = render_report([*SECTIONS, Section("legacy", (), ROWS[3:])])
     table = text[text.index("## Head-to-head"):]
-    assert "| method | score | study | bytes_up | trainable_params |" in table
-    assert "| one-seed | 50.0 (n=1, no interval) | flux | — | — |" in table
-    assert "| fedit | 45.0 ± 3.0 [42.0, 48.0] | flux | — | 98,304 |" in table
-    assert "| flame | 40.0 ± 3.0 [37.0, 43.0] | flame | 1.5e+06 | 123,456 |" in table
-    assert table.index("one-seed") < table.index("fedit") < table.index("| flame")
+    assert table.index("### benchmark not recorded") < table.index("### dolly · tiny-olmoe") \
+        < table.index("### gsm · tiny-mixtral")
+    dolly = table[table.index("### dolly"):table.index("### gsm")]
+    gsm = table[table.index("### gsm"):]
+    assert "| method | score | study | bytes_up | trainable_params |" in dolly
+    assert "| flame | 40.0 ± 3.0 [37.0, 43.0] | flame | 1.5e+06 | 123,456 |" in dolly and "fedit" not in dolly
+    assert "| method | score | study | trainable_params |" in gsm  # only the columns this benchmark's rows have
+    assert "| one-seed | 50.0 (n=1, no interval) | flux | — |" in gsm
+    assert "| fedit | 45.0 ± 3.0 [42.0, 48.0] | flux | 98,304 |" in gsm
+    assert gsm.index("one-seed") < gsm.index("fedit")
+    assert "| old | 30.0 ± 10.0 [20.0, 40.0] | legacy |" in table
 
 
 def test_report_is_deterministic_whatever_the_section_order():
@@ -68,7 +76,7 @@ def test_empty_report_says_nothing_is_measured():
     text = render_report([])
     assert "No study has been run with seeds and intervals yet." in text
     assert text.count("Not yet measured with seeds.") == 3
-    assert "No method has been measured on the shared benchmark with seeds yet." in text
+    assert "No method has been measured on a benchmark with seeds yet." in text
 
 
 def test_sections_round_trip_through_json(tmp_path):

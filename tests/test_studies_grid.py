@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 
 from fedmoe.config import load_config
-from fedmoe.studies.evidence import compare, run_score, score_interval
+from fedmoe.studies.evidence import compare, drop_from_best, run_score, score_interval
 from fedmoe.studies.grid import run_configs, seeds_for, with_seeds
 
 
@@ -39,28 +38,18 @@ def test_parallel_grid_equals_sequential_and_runs_each_config_once(tmp_path):
         assert rounds[0] == rounds[1]
 
 
-def _fake_run(folder, seed, items_per_round):
-    """A run folder as the runner writes it, with hand-chosen per-item scores."""
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "method": "m"}))
-    lines = [{"round": r, "score": float(np.mean(items)), "item_scores": items, "sim_time": r, "wall_time": r}
-             for r, items in enumerate(items_per_round)]
-    (folder / "rounds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return folder
-
-
-def test_run_score_averages_the_last_evaluations(tmp_path):
-    f = _fake_run(tmp_path / "a", 0, [[0, 0], [1, 0], [1, 1]])
+def test_run_score_averages_the_last_evaluations(tmp_path, fake_run):
+    f = fake_run(tmp_path / "a", 0, [[0, 0], [1, 0], [1, 1]])
     assert run_score(f) == 1.0
     assert run_score(f, last=2) == 0.75
     assert score_interval([f]).n == 1
 
 
-def test_compare_pairs_by_seed_and_item(tmp_path):
+def test_compare_pairs_by_seed_and_item(tmp_path, fake_run):
     rng = np.random.default_rng(0)
     items_b = [rng.integers(0, 2, 200).tolist() for _ in range(3)]
-    a = [_fake_run(tmp_path / f"a{s}", s, [[1] * 200]) for s in range(3)]
-    b = [_fake_run(tmp_path / f"b{s}", s, [items_b[s]]) for s in range(3)]
+    a = [fake_run(tmp_path / f"a{s}", s, [[1] * 200]) for s in range(3)]
+    b = [fake_run(tmp_path / f"b{s}", s, [items_b[s]]) for s in range(3)]
     result = compare(a, b)
     expected = 1 - np.mean(items_b)
     assert result.difference.mean == pytest.approx(expected)
@@ -69,8 +58,19 @@ def test_compare_pairs_by_seed_and_item(tmp_path):
     assert compare(a, a).difference.mean == 0.0 and compare(a, a).verdict == "unresolved"
 
 
-def test_compare_refuses_unpaired_seeds(tmp_path):
-    a = [_fake_run(tmp_path / "a0", 0, [[1, 0]])]
-    b = [_fake_run(tmp_path / "b1", 1, [[1, 0]])]
+def test_compare_refuses_unpaired_seeds(tmp_path, fake_run):
+    a = [fake_run(tmp_path / "a0", 0, [[1, 0]])]
+    b = [fake_run(tmp_path / "b1", 1, [[1, 0]])]
     with pytest.raises(ValueError, match="same seeds"):
         compare(a, b)
+
+
+def test_drop_from_best_pairs_the_final_round_with_each_seeds_peak(tmp_path, fake_run):
+    # seed 0 peaks at round 1 (items 1, 1) and ends at (1, 0); seed 1 never falls: its drop is 0.
+    runs = [fake_run(tmp_path / "s0", 0, [[0, 0], [1, 1], [1, 0]]),
+            fake_run(tmp_path / "s1", 1, [[0, 0], [0, 1], [1, 1]])]
+    drop = drop_from_best(runs)
+    assert drop.mean == pytest.approx(((0.5 - 1.0) + 0.0) / 2)
+    assert drop.lo <= drop.mean <= drop.hi <= 0.0
+    flat = drop_from_best([runs[1]])
+    assert (flat.mean, flat.lo, flat.hi) == (0.0, 0.0, 0.0)

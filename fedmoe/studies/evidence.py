@@ -19,11 +19,11 @@ from fedmoe.results import load_config_dict, load_rounds
 from fedmoe.stats import Interval, mean_ci, paired_difference, verdict
 
 
-def _evaluated(folder: str | Path, last: int) -> list[dict]:
+def _evaluated(folder: str | Path, last: int | None = None) -> list[dict]:
     rows = [r for r in load_rounds(folder) if "score" in r]
     if not rows:
         raise ValueError(f"{folder} holds no evaluated round; run it to the end with `fedmoe run`")
-    return rows[-last:]
+    return rows if last is None else rows[-last:]
 
 
 def run_score(folder: str | Path, last: int = 1) -> float:
@@ -74,6 +74,26 @@ def compare(folders_a: Sequence[str | Path], folders_b: Sequence[str | Path], la
     return Comparison(diff, verdict(diff))
 
 
+def drop_from_best(folders: Sequence[str | Path], seed: int = 0) -> Interval:
+    """A run's final score minus its best evaluated score, paired over seeds and test items (score units).
+
+    Per seed the best round is the evaluated round with the highest score (the final one when the curve never
+    fell, giving 0 for that seed). The interval says whether the runs ended measurably below a peak they had
+    reached: an interval wholly below the tolerance a study sets is a collapse, one that contains 0 is not.
+    """
+    finals, bests = [], []
+    for folder in sorted(folders, key=seed_of):
+        rows = _evaluated(folder)
+        missing = [r["round"] for r in rows if "item_scores" not in r]
+        if missing:
+            raise ValueError(f"{folder}: rounds {missing} have no per-item scores; re-run the config into a new "
+                             "folder to measure its drop from the best round")
+        best = max(rows, key=lambda r: r["score"])
+        finals.append(rows[-1]["item_scores"])
+        bests.append(best["item_scores"])
+    return paired_difference(np.asarray(finals, dtype=float), np.asarray(bests, dtype=float), seed=seed)
+
+
 def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1) -> str:
     """The name whose runs have the highest mean score (ties: the first name)."""
     means = {name: float(np.mean([run_score(f, last) for f in folders])) for name, folders in groups.items()}
@@ -81,12 +101,18 @@ def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1) -> str:
 
 
 def head_to_head_row(method: str, folders: Sequence[str | Path], last: int = 1) -> HeadToHeadRow:
-    """A method's line in the report's head-to-head table: its score over seeds, simulated time and traffic."""
+    """A method's line in the report's head-to-head table: its score over seeds, simulated time and traffic, on
+    the benchmark its runs name (suite and split, base model and scale, fleet)."""
     finals = [load_rounds(f)[-1] for f in folders]
+    config = load_config_dict(folders[0])
+    data = config["data"]
+    split = f"dirichlet alpha={data['alpha']:g}" if data["partition"] == "dirichlet" else data["partition"]
+    benchmark = (f"{data['suite']}, {split} · {config['model']['name']} ({config['model']['scale']}) · "
+                 f"{config['cost']['fleet']} fleet")
     return HeadToHeadRow(method, score_interval(folders, last), {
         "simulated seconds": round(float(np.mean([r["sim_time"] for r in finals])), 1),
         "MB up / client / round": round(float(np.mean([_mean_upload(f) for f in folders])) / 1e6, 2),
-    })
+    }, benchmark)
 
 
 def _mean_upload(folder: str | Path) -> float:

@@ -22,7 +22,6 @@ lowers the coefficient of variation of expert load without lowering the score by
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -46,6 +45,7 @@ from fedmoe.studies.evidence import (
     seed_of,
 )
 from fedmoe.studies.grid import run_configs, with_seeds
+from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
 
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "fftmoe.yaml"
 COMMAND = "python reproduce/bench_fftmoe.py"
@@ -308,68 +308,29 @@ def k_sweep(folders: dict[Cell, list[Path]]) -> dict[str, Interval]:
 def personalised_scores(folder: str | Path) -> dict[str, Any]:
     """Each client's personalised model on its own local test split, beside the global model on the same split.
 
-    Rebuilds the run's federation, loads its final checkpoint into FFT-MoE, and scores
+    Re-opens the finished run (:func:`~fedmoe.studies.reload.final_server`) and scores FFT-MoE's
     ``personalised_models()`` on ``Federation.client_test_data``; cached in ``<folder>/personalised.json``.
     Returns ``{"personalised", "global"}`` (the mean over clients with test items of each client's local score)
     and ``"clients": {client: {"n", "personalised", "global"}}``.
     """
-    import torch
+    def compute() -> dict[str, Any]:
+        cfg, fed, method = final_server(folder, METHOD)
 
-    from fedmoe.eval.evaluate import evaluate
-    from fedmoe.fl.federation import Federation
-    from fedmoe.methods.base import get_method
-    from fedmoe.results import RunFolder
+        def score(model, examples) -> float:
+            return evaluate_on(cfg, fed, model, examples)["score"]
 
-    folder = Path(folder)
-    cached = folder / PERSONALISED_FILE
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    cfg = from_dict(load_config_dict(folder))
-    if cfg.method != METHOD:
-        raise ValueError(f"{folder} is a {cfg.method} run; personalised models are FFT-MoE's (method: fftmoe)")
-    ckpt = RunFolder(folder).load_checkpoint()
-    if ckpt is None or ckpt["round"] != cfg.fed.rounds:
-        raise FileNotFoundError(f"{folder} holds no checkpoint of the final round; finish the run with `fedmoe run`")
-    torch.set_num_threads(cfg.threads)
-    fed = Federation.from_config(cfg)
-    method = get_method(METHOD).server(fed, cfg.method_args)
-    method.load_state_dict(ckpt["method"])
+        clients = {}
+        for client, model in method.personalised_models():
+            examples = fed.client_test_data(client)
+            if examples:
+                clients[str(client)] = {"n": len(examples), "personalised": score(model, examples)}
+        global_model = method.eval_model()
+        for client, row in clients.items():
+            row["global"] = score(global_model, fed.client_test_data(int(client)))
+        return {"personalised": float(np.mean([r["personalised"] for r in clients.values()])),
+                "global": float(np.mean([r["global"] for r in clients.values()])), "clients": clients}
 
-    def score(model, examples) -> float:
-        return evaluate(model, fed.tokenizer, examples, batch_size=cfg.fed.eval_batch_size, progress=False)["score"]
-
-    clients = {}
-    for client, model in method.personalised_models():
-        examples = fed.client_test_data(client)
-        if examples:
-            clients[str(client)] = {"n": len(examples), "personalised": score(model, examples)}
-    global_model = method.eval_model()
-    for client, row in clients.items():
-        row["global"] = score(global_model, fed.client_test_data(int(client)))
-    result = {"personalised": float(np.mean([r["personalised"] for r in clients.values()])),
-              "global": float(np.mean([r["global"] for r in clients.values()])), "clients": clients}
-    cached.write_text(json.dumps(result, indent=2, sort_keys=True))
-    return result
-
-
-def personalise_all(folders: Sequence[Path], jobs: int | None = None) -> None:
-    """Compute (and cache) :func:`personalised_scores` of every run not yet scored, in ``jobs`` worker
-    processes (default :func:`~fedmoe.studies.grid.default_jobs`) with one torch thread each."""
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    from fedmoe.studies.grid import default_jobs
-
-    todo = [f for f in folders if not (Path(f) / PERSONALISED_FILE).is_file()]
-    jobs = min(jobs or default_jobs(), len(todo))
-    if jobs <= 1:
-        for folder in todo:
-            personalised_scores(folder)
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        list(pool.map(personalised_scores, todo))
+    return cached_json(Path(folder) / PERSONALISED_FILE, compute)
 
 
 def personalised_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = tuple(SPLITS),
@@ -377,7 +338,7 @@ def personalised_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = 
     """``{split: {"personalised", "global", "personalised - global"}}``: FFT-MoE's mean local-test score per
     client over seeds, both ways, and their paired difference (per seed); runs not yet scored are scored in
     ``jobs`` parallel processes."""
-    personalise_all([f for split in splits for f in folders[METHOD, split]], jobs)
+    compute_all(personalised_scores, [f for split in splits for f in folders[METHOD, split]], PERSONALISED_FILE, jobs)
     out = {}
     for split in splits:
         rows = [personalised_scores(f) for f in folders[METHOD, split]]
@@ -425,13 +386,15 @@ def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
 
 
 def attention_control(scale: str, seeds: Sequence[int], *, out_dir: str | Path, folders: dict[Cell, list[Path]],
-                      jobs: int | None = None, progress: bool = False) -> dict[str, Comparison]:
-    """Why FFT-MoE trails FedIT on this suite: FedIT run again with its LoRA on the experts only (no q/v), on the
-    head-to-head split and the same seeds. ``{"fedit_attention_gain": FedIT - FedIT without attention,
-    "fedit_no_attention_minus_fftmoe": ...}``, paired over seeds and test items. FFT-MoE adapts only beside the
-    feed-forward blocks, as the paper describes; if FedIT without attention falls to FFT-MoE's level, the gap is
-    the suite's need for attention adaptation, not the adapters."""
-    base = cell_config("fedit", HEAD_TO_HEAD_SPLIT, scale)
+                      overrides: dict[str, Any] | None = None, jobs: int | None = None,
+                      progress: bool = False) -> dict[str, Comparison]:
+    """Does the suite need attention adaptation, which FFT-MoE (beside the feed-forward blocks only, as the paper
+    describes) never gets? FedIT is run again with its LoRA on the experts only (no q/v), on the head-to-head split
+    and the same seeds: ``{"fedit_attention_gain": FedIT - FedIT without attention,
+    "fedit_no_attention_minus_fftmoe": ...}``, paired over seeds and test items. A large attention gain with FedIT
+    without attention near FFT-MoE means a gap to FedIT is the suite's, not the adapters'; the second difference
+    compares the two ways of adapting the feed-forward side."""
+    base = cell_config("fedit", HEAD_TO_HEAD_SPLIT, scale, overrides)
     no_attention = replace(base, method_args={**base.method_args, "attention": False},
                            name=f"fftmoe-{HEAD_TO_HEAD_SPLIT}-noattention")
     control = run_configs(with_seeds([no_attention], seeds), out_dir=out_dir, jobs=jobs, progress=progress)
@@ -446,6 +409,5 @@ def head_to_head(folders: dict[Cell, list[Path]]) -> list[HeadToHeadRow]:
     for method, runs in by_method(folders, HEAD_TO_HEAD_SPLIT).items():
         row = head_to_head_row(method, runs)
         cfg = from_dict(load_config_dict(runs[0]))
-        rows.append(replace(row, columns={**row.columns, "trainable params": trainable_params(cfg),
-                                          "split": f"dirichlet alpha={cfg.data.alpha:g}"}))
+        rows.append(replace(row, columns={**row.columns, "trainable params": trainable_params(cfg)}))
     return rows

@@ -22,15 +22,27 @@ from fedmoe.fl.devices import get_fleet
 from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
 from fedmoe.report import TargetRow
 from fedmoe.results import load_rounds
-from fedmoe.stats import judge_target, paired_difference, verdict
-from fedmoe.studies.evidence import Comparison, best_by_mean, compare, item_scores, seed_of
+from fedmoe.stats import Interval, judge_target, mean_ci, paired_difference, verdict
+from fedmoe.studies.evidence import (
+    Comparison,
+    best_by_mean,
+    compare,
+    drop_from_best,
+    item_scores,
+    score_interval,
+    seed_of,
+)
 from fedmoe.studies.grid import run_configs
+from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
 
 SETTINGS = {"homogeneous": "rtx-3090-24gb", "uniform": "uniform", "heavy-tail": "heavy-tail"}
 BASELINES = ("hetlora", "flexlora", "flora", "fedit")
 METHODS = ("flame", *BASELINES)
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "flame.yaml"
 COMMAND = "make reproduce  (notebooks/flame/01_compute_settings.ipynb; reproduce/bench_flame.py)"
+COLLAPSE_TOLERANCE = 0.05  # a run may end up to 5 points below its best round: the difference the test sets resolve
+RESCALERS = ("none", "fixed", "learnable")
+TIER_SCORES_FILE = "tier_scores.json"
 
 
 def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
@@ -183,3 +195,65 @@ def rescale_trace(folder: str | Path) -> dict[str, list[tuple[int, float]]]:
             if key.startswith("rescale_"):
                 trace.setdefault(key[len("rescale_"):], []).append((record["round"], value))
     return trace
+
+
+def collapse_targets(groups: dict[str, Sequence[Path]], command: str) -> list[TargetRow]:
+    """"No collapse" as report rows, one per group of runs (a temperature, a client-sampling level ...): the final
+    score minus each seed's best round, paired over seeds and items, must stay above ``-COLLAPSE_TOLERANCE``
+    (MET when its whole interval does, FAILED when the whole interval lies below)."""
+    rows = []
+    for label, folders in groups.items():
+        drop = drop_from_best(folders)
+        rows.append(TargetRow(paper="FLAME", target=f"no collapse: ends near its best round ({label})",
+                              measured=drop, goal=f"> -{COLLAPSE_TOLERANCE * 100:.1f}",
+                              verdict=judge_target(drop, -COLLAPSE_TOLERANCE), command=command,
+                              note="final - best evaluated round, paired per seed", seeds=len(folders)))
+    return rows
+
+
+def rescaler_targets(runs: dict[str, Sequence[Path]], setting: str, command: str) -> list[TargetRow]:
+    """The paper's ordering learnable >= fixed >= none as report rows, each a paired difference judged > 0."""
+    rows = []
+    for better, worse in (("learnable", "fixed"), ("fixed", "none")):
+        diff = compare(runs[better], runs[worse]).difference
+        rows.append(TargetRow(paper="FLAME", target=f"{better} rescaler >= {worse} ({setting})", measured=diff,
+                              goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
+                              note=f"{better} - {worse}, paired", seeds=len(runs[better])))
+    return rows
+
+
+def tier_scores(folder: str | Path) -> dict[str, Any]:
+    """A finished FLAME run's per-tier models (:meth:`FlameServer.tier_model`: the global LoRA at the tier's own
+    top-k, through its rescaler) scored on the global test set: ``{"tiers": {tier: {"top_k", "score",
+    "item_scores"}}}`` for every tier of the run's fleet whose rescaler exists; cached in
+    ``<folder>/tier_scores.json``."""
+    def compute() -> dict[str, Any]:
+        cfg, fed, server = final_server(folder, "flame")
+        tiers = {}
+        for tier in sorted(set(setting_tiers(cfg, cfg.method_args))):
+            try:
+                with server.tier_model(tier) as model:
+                    scores = evaluate_on(cfg, fed, model, fed.test_set)
+            except LookupError:  # no client of this tier was ever sampled
+                continue
+            tiers[str(tier)] = {"top_k": server.top_k_for(tier), "score": scores["score"],
+                                "item_scores": scores["item_scores"]}
+        return {"tiers": tiers}
+
+    return cached_json(Path(folder) / TIER_SCORES_FILE, compute)
+
+
+def tier_table(runs: Sequence[Path], jobs: int | None = None) -> dict[str, Interval]:
+    """FLAME's global model and each tier's own-top-k model over seeds (``"global"``, ``"tier 1 (top-2)"``), and
+    each tier model minus the global model paired over seeds and items (``"tier 1 (top-2) - global"``). Tiers
+    that did not train in every seed's run are left out."""
+    compute_all(tier_scores, runs, TIER_SCORES_FILE, jobs)
+    runs = sorted(runs, key=seed_of)
+    per_run = [tier_scores(f)["tiers"] for f in runs]
+    table = {"global": score_interval(runs)}
+    for tier in sorted(set.intersection(*(set(t) for t in per_run)), key=int):
+        name = f"tier {tier} (top-{per_run[0][tier]['top_k']})"
+        table[name] = mean_ci([t[tier]["score"] for t in per_run])
+        table[f"{name} - global"] = paired_difference(np.array([t[tier]["item_scores"] for t in per_run]),
+                                                      np.stack([item_scores(f) for f in runs]))
+    return table

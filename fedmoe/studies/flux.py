@@ -354,7 +354,7 @@ def head_to_head(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLI
     for m in METHODS:
         if (m, suite) in folders:
             row = head_to_head_row(m, folders[m, suite])
-            rows.append(HeadToHeadRow(f"{label(m)} [{suite}]", row.score, row.columns))
+            rows.append(HeadToHeadRow(label(m), row.score, row.columns, row.benchmark))
     return rows
 
 

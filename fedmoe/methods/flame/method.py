@@ -7,6 +7,8 @@ See README.md in this folder for the equation -> function map and the open choic
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +28,7 @@ from fedmoe.methods.hetero.adapters import moe_index_of_prefix
 from fedmoe.methods.hetero.base import HeteroArgs, HeteroClient, HeteroServer
 from fedmoe.methods.hetero.lowrank import from_factors, weighted_factor_average
 from fedmoe.methods.hetero.tiers import ladder
-from fedmoe.moe.layers import moe_layers
+from fedmoe.moe.layers import moe_layers, set_top_k
 from fedmoe.moe.lora import load_lora_state_dict
 
 SCOPES = ("tier", "client")
@@ -153,6 +155,26 @@ class FlameServer(FlameBudgets, HeteroServer):
             if key.startswith("k"):
                 out[f"rescale_{key}"] = sum(values) / len(values)
         return out
+
+    @contextmanager
+    def tier_model(self, tier: int) -> Iterator[torch.nn.Module]:
+        """Within the block, the global model as a client of compute ``tier`` runs it: its top-k_i experts per
+        token through its tier's rescaler (what that device deploys). Raises LookupError when no client of the
+        tier has trained yet (its rescaler is unknown) and ValueError with per-client rescalers (no tier model)."""
+        k = self.top_k_for(tier)
+        model = self.eval_model()
+        with ExitStack() as stack:
+            if k < self.full_top_k and self.args.rescaler != "none":
+                if self.args.rescaler_scope != "tier":
+                    raise ValueError("rescaler_scope='client' keeps one rescaler per client, so a tier has no "
+                                     "single model; score clients' own models instead")
+                values = self.rescales.get(f"k{k}")
+                if values is None:
+                    raise LookupError(f"no client of tier {tier} (top-{k}) has trained yet: its rescaler is unknown")
+                stack.enter_context(Rescaler(values, trainable=False).applied(model))
+            set_top_k(model, k)
+            stack.callback(set_top_k, model, self.full_top_k)
+            yield model
 
     def state_dict(self):
         return {"global": self.global_state, "rescales": self.rescales}

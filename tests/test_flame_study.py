@@ -1,0 +1,60 @@
+"""FLAME's study verdicts from run folders: "no collapse" against each seed's best round, and the rescaler
+ordering as paired differences."""
+
+import numpy as np
+import pytest
+
+from fedmoe.report import FAILED, MET, UNRESOLVED
+from fedmoe.studies import flame as ex
+
+
+def _runs(fake_run, root, per_seed_rounds):
+    return [fake_run(root / f"s{seed}", seed, rounds) for seed, rounds in enumerate(per_seed_rounds)]
+
+
+def test_collapse_targets_judge_the_drop_from_the_best_round(tmp_path, fake_run):
+    rng = np.random.default_rng(0)
+    peak = [rng.integers(0, 2, 400).tolist() for _ in range(3)]
+    steady = _runs(fake_run, tmp_path / "steady", [[[0] * 400, p, p] for p in peak])
+    # every seed falls from its peak to nothing: a drop of ~50 points, far beyond the 5-point tolerance
+    collapsed = _runs(fake_run, tmp_path / "collapsed", [[[0] * 400, p, [0] * 400] for p in peak])
+    rows = ex.collapse_targets({"t=0": steady, "t=8": collapsed}, command="cmd")
+    assert [r.target for r in rows] == ["no collapse: ends near its best round (t=0)",
+                                        "no collapse: ends near its best round (t=8)"]
+    assert rows[0].measured.mean == 0.0 and rows[0].verdict == MET
+    assert rows[1].measured.mean == -np.mean(peak) and rows[1].verdict == FAILED
+    assert rows[1].goal == "> -5.0" and rows[1].seeds == 3
+
+
+def test_collapse_within_noise_of_the_tolerance_is_unresolved(tmp_path, fake_run):
+    # 20 items, the final round loses one item (5 points) on each seed: the interval straddles -5
+    peak = [1] * 20
+    rows = ex.collapse_targets({"x": _runs(fake_run, tmp_path, [[peak, [0] + peak[1:]]] * 2)}, command="cmd")
+    assert rows[0].measured.mean == pytest.approx(-0.05) and rows[0].verdict == UNRESOLVED
+
+
+def test_rescaler_targets_order_learnable_fixed_none(tmp_path, fake_run):
+    items = {"none": [0] * 300, "fixed": [0] * 150 + [1] * 150, "learnable": [1] * 300}
+    runs = {r: _runs(fake_run, tmp_path / r, [[v]] * 2) for r, v in items.items()}
+    rows = ex.rescaler_targets(runs, "heavy-tail", command="cmd")
+    assert [r.target for r in rows] == ["learnable rescaler >= fixed (heavy-tail)", "fixed rescaler >= none (heavy-tail)"]
+    assert [r.measured.mean for r in rows] == [0.5, 0.5] and {r.verdict for r in rows} == {MET}
+    swapped = ex.rescaler_targets({"learnable": runs["none"], "fixed": runs["fixed"], "none": runs["learnable"]},
+                                  "heavy-tail", command="cmd")
+    assert {r.verdict for r in swapped} == {FAILED}
+
+
+def test_tier_scores_of_a_finished_run(tmp_path):
+    from fedmoe.engines import run
+    from fedmoe.results import load_rounds
+
+    cfg = ex.make_config("flame", "uniform", scale="smoke", method_args={"tiers": [0, 1, 2, 1]})
+    folder = run(cfg, out_dir=tmp_path, progress=False)
+    tiers = ex.tier_scores(folder)["tiers"]
+    final = load_rounds(folder)[-1]
+    # tier 0 runs the full top-k without a rescaler: the run's own final evaluation, item by item
+    assert tiers["0"]["top_k"] == 2 and tiers["0"]["item_scores"] == final["item_scores"]
+    assert {t: v["top_k"] for t, v in tiers.items() if t != "0"} == {t: 1 for t in tiers if t != "0"}
+    table = ex.tier_table([folder], jobs=1)
+    assert table["global"].mean == final["score"] and table["tier 0 (top-2) - global"].mean == 0.0
+    assert (folder / ex.TIER_SCORES_FILE).is_file()
