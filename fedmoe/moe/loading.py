@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+
+@contextmanager
+def _weight_loading_bars(show: bool) -> Iterator[None]:
+    """transformers' "Loading weights" bars on or off within the block (off in grid workers and tests)."""
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def load_base_model(model_cfg, *, seed: int = 0, progress: bool = False):
@@ -13,8 +27,15 @@ def load_base_model(model_cfg, *, seed: int = 0, progress: bool = False):
     ``model_cfg.path`` (a local HF checkpoint directory, e.g. a downloaded OLMoE-1B-7B) wins over the
     zoo name. Supported families are checked so an unsupported model fails here, not mid-run.
     """
+    with _weight_loading_bars(progress):
+        model, tokenizer = _load(model_cfg, seed=seed, progress=progress)
     from fedmoe.moe.layers import moe_layers
 
+    moe_layers(model)  # raises a clear error for an unsupported family
+    return model, tokenizer
+
+
+def _load(model_cfg, *, seed: int, progress: bool):
     if model_cfg.path:
         path = Path(model_cfg.path).expanduser()
         if not path.exists():
@@ -35,5 +56,4 @@ def load_base_model(model_cfg, *, seed: int = 0, progress: bool = False):
         from fedmoe.moe.zoo import load_pretrained
 
         model, tokenizer = load_pretrained(model_cfg.name, scale=model_cfg.scale, seed=seed, progress=progress)
-    moe_layers(model)  # raises a clear error for an unsupported family
     return model, tokenizer

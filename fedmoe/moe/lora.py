@@ -7,6 +7,7 @@ e owns ``A_e = lora_A[e*r:(e+1)*r]`` and ``B_e = lora_B[:, e::E]``, so its effec
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import peft
@@ -46,7 +47,9 @@ def add_expert_lora(
         target_parameters=list(EXPERT_TARGETS),
         **{"target_modules": [], **lora_kwargs},
     )
-    return peft.get_peft_model(model, config, adapter_name=adapter_name)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft.get_peft_model(model, config, adapter_name=adapter_name)
 
 
 def expert_lora_wrappers(layer: MoELayer) -> dict[str, nn.Module]:
