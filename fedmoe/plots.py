@@ -147,10 +147,11 @@ def _decorate(ax, x: str, ylabel: str, target: float | None, title: str | None):
 
 
 def save_figure(fig, path: str | Path) -> list[Path]:
-    """Save a figure as PNG and PDF (creating the folder); returns the written paths."""
+    """Save a figure as PNG and PDF (creating the folder); returns the written paths. The PDF carries no creation
+    date, so the same data give the same bytes and a re-run on finished results leaves git clean."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for p in out:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
-    return out
+    png, pdf = path.with_suffix(".png"), path.with_suffix(".pdf")
+    fig.savefig(png, dpi=150, bbox_inches="tight")
+    fig.savefig(pdf, dpi=150, bbox_inches="tight", metadata={"CreationDate": None})
+    return [png, pdf]

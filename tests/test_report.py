@@ -154,3 +154,21 @@ def test_make_report_writes_checks_and_repastes(tmp_path, capsys):
     assert main(["--readme-only", *paths]) == 0
     assert main(["--check", *paths]) == 0
     assert main(["--sections", str(tmp_path / "missing"), *paths]) == 1
+
+
+def test_saved_figures_are_byte_reproducible(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedmoe.plots import save_figure
+
+    def draw(folder):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [0.3, 0.5, 0.4])
+        paths = save_figure(fig, folder / "curve")
+        plt.close(fig)
+        return [p.read_bytes() for p in paths]
+
+    assert draw(tmp_path / "a") == draw(tmp_path / "b")  # no creation date: re-runs leave git clean
