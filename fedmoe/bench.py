@@ -21,7 +21,7 @@ from torch import nn
 from fedmoe.data.collate import collate_train
 from fedmoe.data.records import Example
 from fedmoe.device import autocast_for, measure, model_device, resolve_device, to_device
-from fedmoe.moe.lora import EXPERT_TARGETS
+from fedmoe.moe.lora import EXPERT_TARGETS, peft_model
 from fedmoe.stats import Interval, mean_ci
 from fedmoe.train import TrainConfig
 
@@ -44,7 +44,7 @@ def plain_lora_model(base: nn.Module, rank: int, alpha: float, attention: bool) 
     """The plain reference model: ``base`` wrapped by peft directly, LoRA on the fused experts (and q/v)."""
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_parameters=list(EXPERT_TARGETS),
                              target_modules=["q_proj", "v_proj"] if attention else [])
-    return peft.get_peft_model(base, config)
+    return peft_model(base, config)
 
 
 def plain_steps(model: nn.Module, tokenizer, examples: Sequence[Example], cfg: TrainConfig) -> Timed:

@@ -47,9 +47,15 @@ def add_expert_lora(
         target_parameters=list(EXPERT_TARGETS),
         **{"target_modules": [], **lora_kwargs},
     )
-    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; not ours to fix
+    return peft_model(model, config, adapter_name=adapter_name)
+
+
+def peft_model(model: nn.Module, config, **kwargs) -> PeftModel:
+    """``peft.get_peft_model(model, config, **kwargs)`` without the FutureWarning peft triggers by reading
+    transformers' deprecated ``is_gradient_checkpointing`` alias (a library interplay, not the caller's doing)."""
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return peft.get_peft_model(model, config, adapter_name=adapter_name)
+        return peft.get_peft_model(model, config, **kwargs)
 
 
 def expert_lora_wrappers(layer: MoELayer) -> dict[str, nn.Module]:

@@ -28,6 +28,7 @@ from torch import nn
 
 from fedmoe.fl.pricing import BF16_BYTES, lora_params
 from fedmoe.moe.layers import decoder_of
+from fedmoe.moe.lora import peft_model
 from fedmoe.moe.memory import as_config, param_counts
 
 ATTENTION_MODES = ("lora", "full", "none")
@@ -81,7 +82,7 @@ def initial_state(model: nn.Module, args: AttentionArgs, seed: int) -> dict[str,
     if args.attention == "full":
         return {PREFIX + k: m.weight.detach().clone() for k, m in _full_linears(model).items()}
     torch.manual_seed(seed)
-    wrapped = peft.get_peft_model(copy.deepcopy(model), _lora_config(args))
+    wrapped = peft_model(copy.deepcopy(model), _lora_config(args))
     return {PREFIX + k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(wrapped).items()}
 
 
@@ -99,7 +100,7 @@ def attach(model: nn.Module, args: AttentionArgs, state: dict[str, torch.Tensor]
     ``full``/``none``: ``model`` unchanged (after :func:`load_attention`)."""
     if args.attention != "lora":
         return model
-    wrapped = peft.get_peft_model(model, _lora_config(args))
+    wrapped = peft_model(model, _lora_config(args))
     adapter = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     result = peft.set_peft_model_state_dict(wrapped, adapter)
     if [k for k in result.missing_keys if "lora_" in k] or result.unexpected_keys:
