@@ -70,7 +70,7 @@ SUITES = ("dolly", "gsm", "mmlu")
 HEADLINE_SUITE = "gsm"
 #: Share of FMD's improvement over the base score that sets the time-to-accuracy target.
 TARGET_FRACTION = 0.9
-COMMAND = "python reproduce/bench_flux.py --suites gsm  (or notebooks/flux/01_time_to_accuracy.ipynb)"
+COMMAND = "python reproduce/bench_flux.py --suites gsm,dolly  (or notebooks/flux/01_time_to_accuracy.ipynb)"
 
 
 def flux_config(method: str, suite: str = "gsm", *, scale: str = "default", seed: int = 0,
