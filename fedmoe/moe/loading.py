@@ -27,15 +27,16 @@ def load_base_model(model_cfg, *, seed: int = 0, progress: bool = False):
     ``model_cfg.path`` (a local HF checkpoint directory, e.g. a downloaded OLMoE-1B-7B) wins over the
     zoo name. Supported families are checked so an unsupported model fails here, not mid-run.
     """
-    with _weight_loading_bars(progress):
-        model, tokenizer = _load(model_cfg, seed=seed, progress=progress)
     from fedmoe.moe.layers import moe_layers
 
+    with _weight_loading_bars(progress):
+        model, tokenizer = _load(model_cfg, seed=seed, progress=progress)
     moe_layers(model)  # raises a clear error for an unsupported family
     return model, tokenizer
 
 
 def _load(model_cfg, *, seed: int, progress: bool):
+    """``(model, tokenizer)`` from ``model_cfg.path`` or the zoo (see :func:`load_base_model`)."""
     if model_cfg.path:
         path = Path(model_cfg.path).expanduser()
         if not path.exists():

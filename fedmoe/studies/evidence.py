@@ -31,14 +31,18 @@ def run_score(folder: str | Path, last: int = 1) -> float:
     return float(np.mean([r["score"] for r in _evaluated(folder, last)]))
 
 
-def item_scores(folder: str | Path, last: int = 1) -> np.ndarray:
-    """Per-test-item scores of the run, averaged over its last ``last`` evaluated rounds."""
-    rows = _evaluated(folder, last)
+def _item_rows(folder: str | Path, rows: list[dict]) -> np.ndarray:
+    """Per-item scores of the evaluated ``rows``, ``[len(rows), n_items]`` (an old run without them: ValueError)."""
     missing = [r["round"] for r in rows if "item_scores" not in r]
     if missing:
         raise ValueError(f"{folder}: rounds {missing} have no per-item scores (written by fedmoe >= 0.2); "
                          "re-run the config into a new folder to compare it paired")
-    return np.mean([np.asarray(r["item_scores"], dtype=float) for r in rows], axis=0)
+    return np.asarray([r["item_scores"] for r in rows], dtype=float)
+
+
+def item_scores(folder: str | Path, last: int = 1) -> np.ndarray:
+    """Per-test-item scores of the run, averaged over its last ``last`` evaluated rounds."""
+    return _item_rows(folder, _evaluated(folder, last)).mean(axis=0)
 
 
 def seed_of(folder: str | Path) -> int:
@@ -84,14 +88,10 @@ def drop_from_best(folders: Sequence[str | Path], seed: int = 0) -> Interval:
     finals, bests = [], []
     for folder in sorted(folders, key=seed_of):
         rows = _evaluated(folder)
-        missing = [r["round"] for r in rows if "item_scores" not in r]
-        if missing:
-            raise ValueError(f"{folder}: rounds {missing} have no per-item scores; re-run the config into a new "
-                             "folder to measure its drop from the best round")
-        best = max(rows, key=lambda r: r["score"])
-        finals.append(rows[-1]["item_scores"])
-        bests.append(best["item_scores"])
-    return paired_difference(np.asarray(finals, dtype=float), np.asarray(bests, dtype=float), seed=seed)
+        items = _item_rows(folder, rows)
+        finals.append(items[-1])
+        bests.append(items[int(np.argmax([r["score"] for r in rows]))])
+    return paired_difference(np.stack(finals), np.stack(bests), seed=seed)
 
 
 def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1) -> str:
