@@ -96,7 +96,10 @@ class CostConfig:
     """How simulated time is priced: a device fleet, and which architecture (trained or a paper-scale one).
 
     ``gradient_checkpointing``: price training with activation checkpointing (one extra forward pass,
-    activations of one layer plus each layer's input kept; see :mod:`fedmoe.fl.pricing`)."""
+    activations of one layer plus each layer's input kept; see :mod:`fedmoe.fl.pricing`).
+    ``base_bits``: in projection only, price every method's frozen base weights at this many bits (4: a
+    QLoRA-style NF4 base, so a paper-scale model can be priced on devices that cannot hold it in bf16);
+    ``None`` keeps each method's own storage."""
 
     fleet: str = "consumer"
     mode: str = "trained"
@@ -104,6 +107,7 @@ class CostConfig:
     server_seconds: float = 1.0
     tokens_scale: float = 1.0
     gradient_checkpointing: bool = False
+    base_bits: int | None = None
 
 
 @dataclass
@@ -156,7 +160,7 @@ class RunConfig:
 #: Fields added after run folders were published, with the default that leaves a run exactly as before: while
 #: at it they are left out of a run's identity, so adding them renames no existing run (a new field goes here
 #: only when its default changes nothing a run computes).
-NEUTRAL_ADDITIONS: dict[str, Any] = {"fed.sim_time_budget": None}
+NEUTRAL_ADDITIONS: dict[str, Any] = {"fed.sim_time_budget": None, "cost.base_bits": None}
 
 
 # The generic sizes of a scale, used where a config file gives no ``scales:`` block for it (and for runs

@@ -63,6 +63,12 @@ def _check_cost(cost) -> None:
             paper_arch(cost.projection)
         except KeyError as err:
             raise ConfigError(f"config key cost.projection={cost.projection!r} is invalid: {err.args[0]}") from None
+    if cost.base_bits is not None:
+        if cost.mode != "projection":
+            raise ConfigError(f"config key cost.base_bits={cost.base_bits!r} only applies with cost.mode=projection "
+                              "(the trained model is priced as it is stored; fix: --set cost.base_bits=null)")
+        if cost.base_bits not in (4, 8, 16):
+            raise bad_value("cost.base_bits", cost.base_bits, "4, 8 or 16", 4)
 
 
 

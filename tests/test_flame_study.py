@@ -1,6 +1,8 @@
 """FLAME's study verdicts from run folders: "no collapse" against each seed's best round, and the rescaler
 ordering as paired differences."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,37 @@ def test_tier_scores_of_a_finished_run(tmp_path):
     table = ex.tier_table([folder], jobs=1)
     assert table["global"].mean == final["score"] and table["tier 0 (top-2) - global"].mean == 0.0
     assert (folder / ex.TIER_SCORES_FILE).is_file()
+
+
+def test_tier_costs_price_each_tier_on_the_paper_model(tmp_path):
+    """FLAME's weak tiers upload the full-rank LoRA and compute less; HetLoRA's upload their own rank. Bytes are
+    bf16 LoRA parameters of OLMoE-1B-7B (hand formula below); the 12 GB RTX 3060 of the uniform fleet only holds
+    OLMoE at the 4-bit base the projection prices."""
+    from fedmoe.fl.paper_configs import paper_config
+    from fedmoe.fl.pricing import lora_params
+
+    runs = ex.projection_runs("uniform", out_dir=tmp_path, scale="smoke", methods=("flame", "hetlora"), jobs=1)
+    rows = {(r["method"], r["tier"]): r for r in ex.tier_costs(runs)}
+    olmoe = paper_config("olmoe-1b-7b")
+    per_expert = lambda r: r * (olmoe.hidden_size + 2 * olmoe.intermediate_size) + r * (  # noqa: E731
+        olmoe.intermediate_size + olmoe.hidden_size)
+    full = olmoe.num_hidden_layers * olmoe.num_experts * per_expert(8)
+    assert lora_params(olmoe, 8).total == full
+    tiers = sorted({t for m, t in rows if m == "flame"})
+    assert len(tiers) >= 2
+    for tier in tiers:
+        assert rows["flame", tier]["mb_up"] == pytest.approx(2 * full / 1e6)
+        assert rows["hetlora", tier]["mb_up"] == pytest.approx(2 * full / 2 ** tier / 1e6)
+        assert rows["hetlora", tier]["rank"] == 8 // 2 ** tier and rows["flame", tier]["rank"] == 8
+    weak = tiers[-1]
+    assert rows["flame", weak]["priced_top_k"] < rows["flame", 0]["priced_top_k"] == olmoe.num_experts_per_tok
+    assert rows["flame", weak]["train_tflops"] < rows["hetlora", weak]["train_tflops"]
+    assert "rtx-3060-12gb" in {r["devices"] for r in rows.values()}
+
+
+def test_tier_costs_refuse_runs_priced_on_the_trained_model(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "rounds.jsonl").write_text(json.dumps({"round": 1, "cost_mode": "trained", "client_log": {"0": {}}}))
+    with pytest.raises(ValueError, match="cost mode 'trained'.*projection_runs"):
+        ex.tier_costs({"flame": folder})

@@ -108,10 +108,11 @@ def training_work(
     parameters + activations of ``batch_tokens`` tokens (:func:`activation_bytes`; with
     ``cost.gradient_checkpointing`` also one recomputed forward pass per token) + ``extra_memory_bytes``
     (e.g. adapter weights). The host-side quantities pass through to ``ClientWork``.
-    ``experts_per_layer`` sizes the resident weights and, unless ``compute_experts_per_layer`` is given
+    ``cost.base_bits`` (projection only) replaces ``bits``. ``experts_per_layer`` sizes the resident weights and, unless ``compute_experts_per_layer`` is given
     (offloaded experts still compute), the FLOPs.
     """
     config = fed.priced_config
+    bits = fed.cfg.cost.base_bits or bits
     scale = fed.cfg.cost.tokens_scale
     checkpointing = fed.cfg.cost.gradient_checkpointing
     computing = experts_per_layer if compute_experts_per_layer is None else compute_experts_per_layer

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 import fedmoe
-from fedmoe.config import RunConfig, load_config
+from fedmoe.config import RunConfig, from_dict, load_config
 from fedmoe.fl.devices import get_fleet
+from fedmoe.fl.pricing import BF16_BYTES
 from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
 from fedmoe.report import TargetRow
-from fedmoe.results import load_rounds
+from fedmoe.results import load_config_dict, load_rounds
 from fedmoe.stats import Interval, judge_target, mean_ci, paired_difference, verdict
 from fedmoe.studies.evidence import (
     Comparison,
@@ -43,6 +44,8 @@ COMMAND = "make reproduce  (notebooks/flame/01_compute_settings.ipynb; reproduce
 COLLAPSE_TOLERANCE = 0.05  # a run may end up to 5 points below its best round: the difference the test sets resolve
 RESCALERS = ("none", "fixed", "learnable")
 TIER_SCORES_FILE = "tier_scores.json"
+#: The paper-scale architecture the per-tier cost table prices (OLMoE-1B-7B: FLAME's model, 64 experts, top-8).
+PROJECTION = "olmoe-1b-7b"
 
 
 def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
@@ -112,6 +115,60 @@ def rank_precondition(*, out_dir: str | Path, scale: str = "default", seeds: Seq
     done = run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress)
     runs = {"full": done[:len(seeds)], "weakest": done[len(seeds):]}
     return compare(runs["full"], runs["weakest"]), runs
+
+
+def projection_runs(setting: str = "heavy-tail", *, out_dir: str | Path, scale: str = "default",
+                    arch: str = PROJECTION, methods: Iterable[str] = METHODS,
+                    overrides: dict[str, Any] | None = None, jobs: int | None = None,
+                    progress: bool = False) -> dict[str, Path]:
+    """Two rounds of every method in ``setting`` with every client taking part, priced on the paper-scale
+    architecture ``arch`` (``cost.mode=projection``) with its frozen base at 4 bits (OLMoE-1B-7B in bf16, 13.8 GB,
+    fits no 12 GB RTX 3060): the runs :func:`tier_costs` reads. Only the price is wanted, so the test set is cut
+    to 16 items; the training is the study's own (same data, steps, tiers). Two rounds, because FLoRA's download
+    (the stacked LoRAs of the round before) is empty in round 1. Returns ``{method: run folder}``."""
+    cfg = make_config("flame", setting, scale=scale, overrides=overrides)
+    overrides = {**(overrides or {}), "cost.mode": "projection", "cost.projection": arch, "cost.base_bits": 4,
+                 "fed.rounds": 2, "data.n_test": 16, "fed.clients_per_round": cfg.fed.num_clients}
+    methods = list(methods)
+    configs = [make_config(m, setting, scale=scale, overrides=overrides) for m in methods]
+    return dict(zip(methods, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True))
+
+
+def tier_costs(runs: dict[str, str | Path]) -> list[dict[str, Any]]:
+    """Per method and compute tier, side by side, from runs priced in projection (:func:`projection_runs`):
+    devices, top-k on the trained and on the priced model (``None``: the model's own routing), LoRA rank,
+    parameters uploaded, train TFLOPs of the round, MB up and down and simulated client seconds (means over the
+    tier's clients) in the run's last round. Shows what "equal budget" means per method: FLAME's weak tiers save FLOPs but upload the
+    full-rank LoRA, the rank-based baselines save bytes."""
+    rows = []
+    for method, folder in runs.items():
+        record = [r for r in load_rounds(folder) if r.get("client_log")][-1]
+        if record.get("cost_mode") != "projection":
+            raise ValueError(f"{folder} was priced in cost mode {record.get('cost_mode')!r}; tier_costs reads "
+                             "runs priced on the paper architecture (fix: use projection_runs)")
+        cfg = from_dict(load_config_dict(folder))
+        tier_of = setting_tiers(cfg, cfg.method_args)
+        tiers: dict[int, list[str]] = {}
+        for cid in record["client_log"]:
+            tiers.setdefault(tier_of[int(cid)], []).append(cid)
+        for tier, clients in sorted(tiers.items()):
+            logs = [record["client_log"][c] for c in clients]
+
+            def mean(values: Iterable[float]) -> float:
+                return float(np.mean(list(values)))
+
+            rows.append({
+                "method": method, "tier": tier, "clients": len(clients),
+                "devices": ", ".join(sorted({record["devices"][c] for c in clients})),
+                "top_k": logs[0].get("top_k"), "priced_top_k": logs[0].get("priced_top_k"),
+                "rank": logs[0]["rank"],
+                "params_up_m": mean(record["bytes_up"][c] / BF16_BYTES for c in clients) / 1e6,
+                "train_tflops": mean(g["train_flops"] for g in logs) / 1e12,
+                "mb_up": mean(record["bytes_up"][c] for c in clients) / 1e6,
+                "mb_down": mean(record["bytes_down"][c] for c in clients) / 1e6,
+                "seconds": mean(record["client_seconds"][c] for c in clients),
+            })
+    return rows
 
 
 def precondition_row(comparison: Comparison, seeds: int, setting: str = "") -> TargetRow:

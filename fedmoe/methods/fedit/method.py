@@ -56,6 +56,7 @@ class FedITClient(LoRAClient):
         stats, state = self.train(task, task.tensors, examples, **train_overrides)
         update = client_update(task, state, stats, len(examples))
         update.work = self.price(task, update, stats)
+        update.diagnostics = {"rank": self.args.rank, "train_flops": update.work["train_flops"]}
         return update
 
     def price(self, task: ClientTask, update: ClientUpdate, stats) -> dict[str, float]:
