@@ -9,6 +9,9 @@ lines, each with ``_lo`` / ``_hi`` companions (the interval's bounds)::
     aux_loss_load_cv_reduction           expert-load CV without minus with the auxiliary loss, paired by seed
     fedit_attention_gain                 FedIT minus FedIT without q/v LoRA (the attention control), in points
     fedit_no_attention_minus_fftmoe      FedIT without q/v LoRA minus FFT-MoE, in points
+    fftmoe_minus_best_baseline_long_<split>, noniid_retention_long_<method>
+                                         the same on the long-horizon check (3x the rounds on IID, alpha 0.3 and
+                                         0.1; each run scored over its last 2 evaluations)
 
     python reproduce/bench_fftmoe.py [--scale default] [--results results] [--seeds 0 1 2] [--jobs 2]
 """
@@ -59,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     control = study.attention_control(args.scale, seeds, out_dir=args.results, folders=folders, jobs=args.jobs)
     for name, comparison in control.items():
         lines += key_lines(name, comparison.difference, 100.0)
+    long = study.run_long(args.scale, seeds, out_dir=args.results, jobs=args.jobs)
+    for split in study.LONG_SPLITS:
+        _, comparison = study.versus_best_baseline(long, split, study.LONG_LAST)
+        lines += key_lines(f"fftmoe_minus_best_baseline_long_{study.split_key(split)}", comparison.difference, 100.0)
+    for method in study.METHODS:
+        lines += key_lines(f"noniid_retention_long_{method}", study.retention(long, method, study.LONG_LAST))
     print("\n".join(lines))
     return 0
 

@@ -7,6 +7,8 @@ tables, then ``key value`` lines, each with ``_lo`` / ``_hi`` companions (the 95
 
     flame_minus_best_baseline_<setting>      FLAME's score minus the best baseline's, in score points
     flame_lead_growth                        (lead in heavy-tail) - (lead in homogeneous), in score points
+    flame_minus_best_baseline_long_<setting> the same on the long-horizon check (3x the rounds, each run scored
+    flame_lead_growth_long                   over its last 2 evaluations; homogeneous and heavy-tail)
 
 and one verdict line per target (MET / FAILED / UNRESOLVED).
 
@@ -20,8 +22,19 @@ import sys
 from pathlib import Path
 
 from fedmoe.studies.evidence import score_interval
-from fedmoe.studies.flame import METHODS, SETTINGS, client_budgets, lead, lead_growth, run_grid, targets
-from fedmoe.studies.grid import seeds_for
+from fedmoe.studies.flame import (
+    LONG_SETTINGS,
+    METHODS,
+    SETTINGS,
+    client_budgets,
+    lead,
+    lead_growth,
+    long_targets,
+    run_grid,
+    run_long,
+    targets,
+)
+from fedmoe.studies.grid import LONG_LAST, seeds_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     for setting in SETTINGS:
         _key(f"flame_minus_best_baseline_{setting.replace('-', '_')}", lead(folders, setting).difference)
     _key("flame_lead_growth", lead_growth(folders).difference)
-    for row in targets(folders, list(SETTINGS)):
+    long = run_long(out_dir=args.results, scale=args.scale, seeds=seeds, jobs=args.jobs, progress=True)
+    for setting in LONG_SETTINGS:
+        _key(f"flame_minus_best_baseline_long_{setting.replace('-', '_')}", lead(long, setting, LONG_LAST).difference)
+    _key("flame_lead_growth_long", lead_growth(long, last=LONG_LAST).difference)
+    for row in [*targets(folders, list(SETTINGS)), *long_targets(long)]:
         print(f"{row.verdict} {row.target}")
     return 0
 

@@ -175,3 +175,34 @@ def test_personalised_scores_cover_every_local_test_item_and_are_cached(tmp_path
     baseline = run(st.cell_config("fedit", "alpha1", "smoke"), out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="is a fedit run; this evaluation needs a fftmoe run"):
         st.personalised_scores(baseline)
+
+
+def test_long_horizon_check_runs_three_times_longer_and_judges_the_last_two_evaluations(tmp_path):
+    """The long check's cells are the main grid's methods on IID and the lead splits, 3x the rounds, own folders;
+    its targets average each run's last two evaluations (here FFT-MoE's final evaluation alone would tie)."""
+    grid = st.long_configs("smoke", SEEDS)
+    assert set(grid) == {(m, s) for m in st.METHODS for s in ("iid", "alpha0.3", "alpha0.1")}
+    short = st.cell_config("fedit", "iid", "smoke")
+    cfg = grid["fedit", "iid"][0]
+    assert cfg.fed.rounds == 3 * short.fed.rounds and cfg.name == "fftmoe-long-iid"
+    assert (cfg.method_args, cfg.data) == (short.method_args, short.data)
+    n = 40
+    zeros, ones, halves = [0.0] * n, [1.0] * n, [1.0, 0.0] * (n // 2)
+    folders = {}
+    for (method, split), configs in grid.items():
+        items = [zeros, ones, halves] if method == st.METHOD else [zeros, halves, halves]
+        folders[method, split] = []
+        for c in configs:
+            folder = tmp_path / f"{method}-{split}-{c.seed}"
+            folder.mkdir()
+            save_config(c, folder / "config.yaml")
+            lines = [{"round": r, "score": float(np.mean(x)), "item_scores": x} for r, x in enumerate(items)]
+            (folder / "rounds.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+            folders[method, split].append(folder)
+    rows = {r.target: r for r in st.long_targets(folders)}
+    rounds = 3 * short.fed.rounds
+    lead = rows[f"FFT-MoE leads the best baseline (alpha0.1, {rounds} rounds)"]
+    assert lead.measured.mean == pytest.approx(0.25) and lead.verdict == MET
+    assert "last 2 evaluations" in lead.note
+    assert rows[f"non-IID retention above fedit's ({rounds} rounds)"].measured.mean == pytest.approx(0.0)
+    assert len(rows) == 3 + len(st.BASELINES)

@@ -5,9 +5,11 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from fedmoe.report import FAILED, MET, UNRESOLVED
 from fedmoe.studies import flame as ex
+from fedmoe.studies.evidence import seed_of
 
 
 def _runs(fake_run, root, per_seed_rounds):
@@ -94,3 +96,35 @@ def test_tier_costs_refuse_runs_priced_on_the_trained_model(tmp_path):
     (folder / "rounds.jsonl").write_text(json.dumps({"round": 1, "cost_mode": "trained", "client_log": {"0": {}}}))
     with pytest.raises(ValueError, match="cost mode 'trained'.*projection_runs"):
         ex.tier_costs({"flame": folder})
+
+
+def test_long_horizon_targets_average_the_last_two_evaluations(tmp_path, fake_run):
+    """FLAME ends level with FLoRA but was ahead one evaluation before: judged on its final evaluation the lead is
+    0, on the mean of the last two it is +25 points (in both settings, so the lead does not grow)."""
+    n = 40
+    zeros, ones, halves = [0] * n, [1] * n, [1, 0] * (n // 2)
+    folders = {}
+    for setting in ex.LONG_SETTINGS:
+        for method in ex.LONG_METHODS:
+            curve = [zeros, ones, halves] if method == "flame" else [zeros, halves, halves]
+            folders[method, setting] = _runs(fake_run, tmp_path / setting / method, [curve] * 3)
+    final = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS)}
+    long = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS, last=2, horizon="24 rounds")}
+    for runs in folders.values():  # what run_long writes: 3x the smoke rounds in config.yaml
+        for folder in runs:
+            (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed_of(folder), "fed": {"rounds": 6}}))
+    assert [r.target for r in ex.long_targets(folders)] == [t.replace("24", "6") for t in long]
+    assert final["FLAME >= best heterogeneous-LoRA baseline (heavy-tail)"].measured.mean == 0.0
+    row = long["FLAME >= best heterogeneous-LoRA baseline (heavy-tail, 24 rounds)"]
+    assert row.measured.mean == pytest.approx(0.25) and row.verdict == MET and "last 2 evaluations" in row.note
+    assert long["FLAME's lead grows from homogeneous to heavy-tail, 24 rounds"].measured.mean == 0.0
+
+
+def test_long_horizon_configs_run_three_times_the_rounds_in_their_own_folders():
+    from fedmoe.studies.grid import LONG_FACTOR
+
+    grid = ex.long_configs(scale="smoke", seeds=(0, 1))
+    assert set(grid) == {(m, s) for m in ("flame", "flora", "hetlora") for s in ("homogeneous", "heavy-tail")}
+    cfg, short = grid["flora", "heavy-tail"][1], ex.make_config("flora", "heavy-tail", scale="smoke", seed=1)
+    assert cfg.fed.rounds == LONG_FACTOR * short.fed.rounds and cfg.name == "flame-long-heavy-tail"
+    assert (cfg.seed, cfg.method_args, cfg.cost, cfg.data) == (1, short.method_args, short.cost, short.data)

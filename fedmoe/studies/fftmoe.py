@@ -44,7 +44,7 @@ from fedmoe.studies.evidence import (
     score_interval,
     seed_of,
 )
-from fedmoe.studies.grid import run_configs, with_seeds
+from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, run_configs, with_seeds
 from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
 
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "fftmoe.yaml"
@@ -72,6 +72,8 @@ SPLITS: dict[str, dict[str, Any]] = {
 LEAD_SPLITS = ("alpha0.3", "alpha0.1")
 IID_SPLIT, NONIID_SPLIT = "iid", "alpha0.1"
 AUX_SPLITS = ("iid", "alpha0.1")
+#: The long-horizon check's splits: IID (for retention) and the splits of the non-IID claim.
+LONG_SPLITS = (IID_SPLIT, *LEAD_SPLITS)
 K_SPLIT = "alpha1"
 K_VALUES = (1, 2, 4)
 #: The split whose runs stand for the study in the report's head-to-head table.
@@ -192,10 +194,22 @@ def configs(scale: str, seeds: Sequence[int], overrides: dict[str, Any] | None =
 def run_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, overrides: dict[str, Any] | None = None,
               jobs: int | None = None, progress: bool = True) -> dict[Cell, list[Path]]:
     """Run (or reuse) the whole grid in one parallel call; ``{(variant, split): [run folder per seed]}``."""
-    grid = configs(scale, seeds, overrides)
-    flat = [cfg for runs in grid.values() for cfg in runs]
-    folders = iter(run_configs(flat, out_dir=out_dir, jobs=jobs, progress=progress))
-    return {cell: [next(folders) for _ in runs] for cell, runs in grid.items()}
+    return run_cells(configs(scale, seeds, overrides), out_dir=out_dir, jobs=jobs, progress=progress)
+
+
+def long_configs(scale: str, seeds: Sequence[int], overrides: dict[str, Any] | None = None
+                 ) -> dict[Cell, list[RunConfig]]:
+    """The long-horizon check: every method of :data:`METHODS` on :data:`LONG_SPLITS` for
+    :data:`~fedmoe.studies.grid.LONG_FACTOR` times the scale's rounds (run folders ``fftmoe-long-<split>-...``)."""
+    over = {**(overrides or {}), **long_horizon(_base(scale, overrides))}
+    return {(m, s): with_seeds([replace(cell_config(m, s, scale, over), name=f"fftmoe-long-{s}")], seeds)
+            for s in LONG_SPLITS for m in METHODS}
+
+
+def run_long(scale: str, seeds: Sequence[int], *, out_dir: str | Path, overrides: dict[str, Any] | None = None,
+             jobs: int | None = None, progress: bool = True) -> dict[Cell, list[Path]]:
+    """Run (or reuse) the long-horizon check; ``{(method, split): [run folder per seed]}``."""
+    return run_cells(long_configs(scale, seeds, overrides), out_dir=out_dir, jobs=jobs, progress=progress)
 
 
 def by_method(folders: dict[Cell, list[Path]], split: str) -> dict[str, list[Path]]:
@@ -206,17 +220,19 @@ def by_method(folders: dict[Cell, list[Path]], split: str) -> dict[str, list[Pat
 # ---------------------------------------------------------------------------------------------- results
 
 
-def score_table(folders: dict[Cell, list[Path]]) -> dict[str, dict[str, Interval]]:
-    """``{split: {method: final score over seeds}}`` of the global model."""
-    return {s: {m: score_interval(runs) for m, runs in by_method(folders, s).items()} for s in SPLITS}
+def score_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = tuple(SPLITS), last: int = 1
+                ) -> dict[str, dict[str, Interval]]:
+    """``{split: {method: score over seeds}}`` of the global model (each run: mean of its last ``last``
+    evaluations)."""
+    return {s: {m: score_interval(runs, last) for m, runs in by_method(folders, s).items()} for s in splits}
 
 
-def versus_best_baseline(folders: dict[Cell, list[Path]], split: str) -> tuple[str, Comparison]:
+def versus_best_baseline(folders: dict[Cell, list[Path]], split: str, last: int = 1) -> tuple[str, Comparison]:
     """``(best baseline, FFT-MoE - best baseline)`` on ``split``: the baseline with the highest mean score, and
-    the paired difference over the same seeds and test items."""
+    the paired difference over the same seeds and test items (runs scored over their last ``last`` evaluations)."""
     runs = by_method(folders, split)
-    best = best_by_mean({m: runs[m] for m in BASELINES})
-    return best, compare(runs[METHOD], runs[best])
+    best = best_by_mean({m: runs[m] for m in BASELINES}, last)
+    return best, compare(runs[METHOD], runs[best], last)
 
 
 def _paired_by_seed(a: Sequence[Path], b: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -227,13 +243,13 @@ def _paired_by_seed(a: Sequence[Path], b: Sequence[Path]) -> list[tuple[Path, Pa
     return [(by_a[s], by_b[s]) for s in sorted(by_a)]
 
 
-def retention_per_seed(noniid: Sequence[Path], iid: Sequence[Path]) -> list[float]:
-    """Score at the non-IID split / score IID, for each seed (the two runs of a seed paired); nan for a seed whose
-    IID run scores 0 (its retention is undefined)."""
+def retention_per_seed(noniid: Sequence[Path], iid: Sequence[Path], last: int = 1) -> list[float]:
+    """Score at the non-IID split / score IID, for each seed (the two runs of a seed paired; each scored over its
+    last ``last`` evaluations); nan for a seed whose IID run scores 0 (its retention is undefined)."""
     ratios = []
     for hard, easy in _paired_by_seed(noniid, iid):
-        base = run_score(easy)
-        ratios.append(run_score(hard) / base if base > 0 else math.nan)
+        base = run_score(easy, last)
+        ratios.append(run_score(hard, last) / base if base > 0 else math.nan)
     return ratios
 
 
@@ -244,16 +260,16 @@ def mean_ci_defined(values: Sequence[float]) -> Interval:
     return mean_ci(defined) if defined else Interval(math.nan, math.nan, math.nan, max(len(values), 1))
 
 
-def retention(folders: dict[Cell, list[Path]], method: str) -> Interval:
+def retention(folders: dict[Cell, list[Path]], method: str, last: int = 1) -> Interval:
     """Non-IID retention of ``method``: score at alpha 0.1 / IID score, per seed, then its mean and interval
     (seeds with an undefined ratio left out)."""
-    return mean_ci_defined(retention_per_seed(folders[method, NONIID_SPLIT], folders[method, IID_SPLIT]))
+    return mean_ci_defined(retention_per_seed(folders[method, NONIID_SPLIT], folders[method, IID_SPLIT], last))
 
 
-def retention_lead(folders: dict[Cell, list[Path]], baseline: str) -> Interval:
+def retention_lead(folders: dict[Cell, list[Path]], baseline: str, last: int = 1) -> Interval:
     """FFT-MoE's retention minus ``baseline``'s, paired by seed (each seed's two ratios differenced)."""
-    ours = retention_per_seed(folders[METHOD, NONIID_SPLIT], folders[METHOD, IID_SPLIT])
-    theirs = retention_per_seed(folders[baseline, NONIID_SPLIT], folders[baseline, IID_SPLIT])
+    ours = retention_per_seed(folders[METHOD, NONIID_SPLIT], folders[METHOD, IID_SPLIT], last)
+    theirs = retention_per_seed(folders[baseline, NONIID_SPLIT], folders[baseline, IID_SPLIT], last)
     return mean_ci_defined(list(np.subtract(ours, theirs)))
 
 
@@ -351,25 +367,41 @@ def personalised_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = 
 # ------------------------------------------------------------------------------------------ targets, report
 
 
-def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
-    """The issue's three score targets, judged on intervals (MET / FAILED / UNRESOLVED)."""
+def _score_targets(folders: dict[Cell, list[Path]], splits: Sequence[str], last: int = 1, horizon: str = ""
+                   ) -> list[TargetRow]:
+    """The split and retention targets on ``splits`` (``horizon``: e.g. "18 rounds", names a long-horizon check)."""
     seeds = len(folders[METHOD, IID_SPLIT])
+    scored = "" if last == 1 else f"; each run: mean of its last {last} evaluations"
     rows = []
-    for split in SPLITS:
-        best, comparison = versus_best_baseline(folders, split)
+    for split in splits:
+        best, comparison = versus_best_baseline(folders, split, last)
         lead = split in LEAD_SPLITS
         goal = ABOVE_ZERO if lead else MATCH_MARGIN
         rows.append(TargetRow(
-            PAPER, f"FFT-MoE {'leads' if lead else 'matches'} the best baseline ({split})", comparison.difference,
-            "> 0 points" if lead else f"> {goal * 100:+.0f} points", judge_target(comparison.difference, goal),
-            COMMAND,
-            note=f"FFT-MoE - {best}, paired over seeds and test items ({comparison.verdict})", seeds=seeds))
+            PAPER, f"FFT-MoE {'leads' if lead else 'matches'} the best baseline ({split}{', ' + horizon if horizon else ''})",
+            comparison.difference, "> 0 points" if lead else f"> {goal * 100:+.0f} points",
+            judge_target(comparison.difference, goal), COMMAND,
+            note=f"FFT-MoE - {best}, paired over seeds and test items ({comparison.verdict}){scored}", seeds=seeds))
     for baseline in BASELINES:
-        lead = retention_lead(folders, baseline)
+        lead = retention_lead(folders, baseline, last)
         rows.append(TargetRow(
-            PAPER, f"non-IID retention above {baseline}'s", lead, "> 0", judge_target(lead, ABOVE_ZERO), COMMAND,
-            note="score(alpha 0.1) / score(IID), FFT-MoE minus baseline, paired by seed", seeds=seeds,
+            PAPER, f"non-IID retention above {baseline}'s{f' ({horizon})' if horizon else ''}",
+            lead, "> 0", judge_target(lead, ABOVE_ZERO), COMMAND,
+            note=f"score(alpha 0.1) / score(IID), FFT-MoE minus baseline, paired by seed{scored}", seeds=seeds,
             scale=1.0, digits=3))
+    return rows
+
+
+def long_targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
+    """The split and retention targets judged on the long-horizon check (:func:`run_long`)."""
+    rounds = load_config_dict(folders[METHOD, IID_SPLIT][0])["fed"]["rounds"]
+    return _score_targets(folders, LONG_SPLITS, LONG_LAST, horizon=f"{rounds} rounds")
+
+
+def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
+    """The issue's three score targets, judged on intervals (MET / FAILED / UNRESOLVED)."""
+    seeds = len(folders[METHOD, IID_SPLIT])
+    rows = _score_targets(folders, tuple(SPLITS))
     reduction = aux_cv_reduction(folders)
     rows.append(TargetRow(
         PAPER, "auxiliary loss lowers the expert-load CV", reduction, "> 0", judge_target(reduction, ABOVE_ZERO),

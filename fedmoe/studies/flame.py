@@ -33,7 +33,7 @@ from fedmoe.studies.evidence import (
     score_interval,
     seed_of,
 )
-from fedmoe.studies.grid import run_configs
+from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, run_configs
 from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
 
 SETTINGS = {"homogeneous": "rtx-3090-24gb", "uniform": "uniform", "heavy-tail": "heavy-tail"}
@@ -43,6 +43,10 @@ CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / 
 COMMAND = "make reproduce  (notebooks/flame/01_compute_settings.ipynb; reproduce/bench_flame.py)"
 COLLAPSE_TOLERANCE = 0.05  # a run may end up to 5 points below its best round: the difference the test sets resolve
 RESCALERS = ("none", "fixed", "learnable")
+#: The long-horizon check (:func:`run_long`): FLAME, FLoRA (the best baseline in every setting at the study's own
+#: horizon) and HetLoRA (the paper's baseline), in the two settings of the "lead grows" claim.
+LONG_METHODS = ("flame", "flora", "hetlora")
+LONG_SETTINGS = ("homogeneous", "heavy-tail")
 TIER_SCORES_FILE = "tier_scores.json"
 #: The paper-scale architecture the per-tier cost table prices (OLMoE-1B-7B: FLAME's model, 64 experts, top-8).
 PROJECTION = "olmoe-1b-7b"
@@ -181,47 +185,78 @@ def precondition_row(comparison: Comparison, seeds: int, setting: str = "") -> T
                      note="FedIT full rank - FedIT at the weakest tier's rank, homogeneous fleet, paired")
 
 
-def best_baseline(folders: dict[tuple[str, str], list[Path]], setting: str) -> str:
+def best_baseline(folders: dict[tuple[str, str], list[Path]], setting: str, last: int = 1) -> str:
     """The baseline with the highest mean score over seeds in ``setting`` (chosen before comparing)."""
-    return best_by_mean({m: runs for (m, s), runs in folders.items() if s == setting and m != "flame"})
+    return best_by_mean({m: runs for (m, s), runs in folders.items() if s == setting and m != "flame"}, last)
 
 
-def lead(folders: dict[tuple[str, str], list[Path]], setting: str) -> Comparison:
-    """FLAME minus the best baseline in ``setting``, paired over seeds and test items (score units)."""
-    return compare(folders["flame", setting], folders[best_baseline(folders, setting), setting])
+def lead(folders: dict[tuple[str, str], list[Path]], setting: str, last: int = 1) -> Comparison:
+    """FLAME minus the best baseline in ``setting``, paired over seeds and test items (score units; each run
+    scored over its last ``last`` evaluations)."""
+    return compare(folders["flame", setting], folders[best_baseline(folders, setting, last), setting], last)
 
 
-def lead_growth(folders: dict[tuple[str, str], list[Path]], low: str = "homogeneous", high: str = "heavy-tail"
-                ) -> Comparison:
+def lead_growth(folders: dict[tuple[str, str], list[Path]], low: str = "homogeneous", high: str = "heavy-tail",
+                last: int = 1) -> Comparison:
     """How much FLAME's lead over the best baseline grows from setting ``low`` to ``high``: the paired difference
     of the per-item lead (same seeds, same test items in both settings)."""
     def per_item(setting: str):
-        best = best_baseline(folders, setting)
-        a = np.stack([item_scores(f) for f in sorted(folders["flame", setting], key=seed_of)])
-        b = np.stack([item_scores(f) for f in sorted(folders[best, setting], key=seed_of)])
+        best = best_baseline(folders, setting, last)
+        a = np.stack([item_scores(f, last) for f in sorted(folders["flame", setting], key=seed_of)])
+        b = np.stack([item_scores(f, last) for f in sorted(folders[best, setting], key=seed_of)])
         return a - b
 
     diff = paired_difference(per_item(high), per_item(low))
     return Comparison(diff, verdict(diff))
 
 
-def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str]) -> list[TargetRow]:
+def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], last: int = 1,
+            horizon: str = "") -> list[TargetRow]:
     """FLAME's claims as report rows: it leads the best baseline in every setting, and its lead grows with
-    heterogeneity (homogeneous -> heavy-tail), each judged on its paired interval."""
+    heterogeneity (homogeneous -> heavy-tail), each judged on its paired interval (``horizon``: e.g.
+    "24 rounds", names a long-horizon check scored over each run's last ``last`` evaluations)."""
+    where = f", {horizon}" if horizon else ""
+    scored = "" if last == 1 else f"; each run: mean of its last {last} evaluations"
     rows = []
     for setting in settings:
-        diff = lead(folders, setting).difference
-        rows.append(TargetRow(paper="FLAME", target=f"FLAME >= best heterogeneous-LoRA baseline ({setting})",
+        diff = lead(folders, setting, last).difference
+        rows.append(TargetRow(paper="FLAME", target=f"FLAME >= best heterogeneous-LoRA baseline ({setting}{where})",
                               measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
-                              note=f"FLAME - {best_baseline(folders, setting)}, paired",
+                              note=f"FLAME - {best_baseline(folders, setting, last)}, paired{scored}",
                               seeds=len(folders["flame", setting])))
     if {"homogeneous", "heavy-tail"} <= set(settings):
-        diff = lead_growth(folders).difference
-        rows.append(TargetRow(paper="FLAME", target="FLAME's lead grows from homogeneous to heavy-tail",
+        diff = lead_growth(folders, last=last).difference
+        rows.append(TargetRow(paper="FLAME", target=f"FLAME's lead grows from homogeneous to heavy-tail{where}",
                               measured=diff, goal="> +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
-                              note="(lead in heavy-tail) - (lead in homogeneous), paired",
+                              note=f"(lead in heavy-tail) - (lead in homogeneous), paired{scored}",
                               seeds=len(folders["flame", "heavy-tail"])))
     return rows
+
+
+def long_configs(*, scale: str = "default", seeds: Sequence[int] = (0,), overrides: dict[str, Any] | None = None
+                 ) -> dict[tuple[str, str], list[RunConfig]]:
+    """The long-horizon check: :data:`LONG_METHODS` in :data:`LONG_SETTINGS` for
+    :data:`~fedmoe.studies.grid.LONG_FACTOR` times the scale's rounds (run folders ``flame-long-<setting>-...``);
+    ``{(method, setting): [config per seed]}``. Judged by :func:`long_targets`."""
+    over = {**(overrides or {}), **long_horizon(make_config("flame", "heavy-tail", scale=scale, overrides=overrides))}
+    return {(m, s): [make_config(m, s, scale=scale, seed=seed, overrides={**over, "name": f"flame-long-{s}"})
+                     for seed in seeds]
+            for s in LONG_SETTINGS for m in LONG_METHODS}
+
+
+def long_targets(folders: dict[tuple[str, str], list[Path]]) -> list[TargetRow]:
+    """:func:`targets` judged on the long-horizon check (:func:`run_long`), each run scored over its last
+    :data:`~fedmoe.studies.grid.LONG_LAST` evaluations."""
+    rounds = load_config_dict(folders["flame", LONG_SETTINGS[0]][0])["fed"]["rounds"]
+    return targets(folders, LONG_SETTINGS, last=LONG_LAST, horizon=f"{rounds} rounds")
+
+
+def run_long(*, out_dir: str | Path, scale: str = "default", seeds: Sequence[int] = (0,),
+             overrides: dict[str, Any] | None = None, jobs: int | None = None,
+             progress: bool = False) -> dict[tuple[str, str], list[Path]]:
+    """Run (or reuse) :func:`long_configs`; ``{(method, setting): [run folder per seed]}``."""
+    return run_cells(long_configs(scale=scale, seeds=seeds, overrides=overrides), out_dir=out_dir, jobs=jobs,
+                     progress=progress)
 
 
 def client_budgets(folder: str | Path) -> list[dict[str, Any]]:

@@ -28,6 +28,11 @@ from fedmoe.results import is_finished
 
 # Run seeds per scale: smoke keeps CI fast with the fewest seeds that still give an interval.
 SEEDS = {"smoke": (0, 1), "default": (0, 1, 2), "paper": (0, 1, 2)}
+#: A study's long-horizon check runs its key cells for LONG_FACTOR times the scale's rounds (same evaluation
+#: cadence) and scores each run as the mean of its last LONG_LAST evaluations: at the default scale the studies'
+#: curves still rise at their own horizon, so a claim is also judged where they flatten.
+LONG_FACTOR = 3
+LONG_LAST = 2
 
 
 def seeds_for(scale: str) -> tuple[int, ...]:
@@ -40,6 +45,20 @@ def seeds_for(scale: str) -> tuple[int, ...]:
 def default_jobs() -> int:
     """Worker processes: ``$JOBS`` if set, else the machine's core count."""
     return max(1, int(os.environ.get("JOBS") or os.cpu_count() or 1))
+
+
+def long_horizon(cfg: RunConfig, factor: int = LONG_FACTOR) -> dict[str, int]:
+    """Overrides that run ``cfg``'s setting ``factor`` times as many rounds, evaluated at the same cadence."""
+    return {"fed.rounds": cfg.fed.rounds * factor}
+
+
+def run_cells(grid: dict, *, out_dir: str | Path, jobs: int | None = None, progress: bool = True
+              ) -> dict:
+    """Run a study's cells in one parallel :func:`run_configs` call: ``{cell: [config per seed]}`` in,
+    ``{cell: [run folder per seed]}`` out (same keys, same order)."""
+    flat = [cfg for runs in grid.values() for cfg in runs]
+    folders = iter(run_configs(flat, out_dir=out_dir, jobs=jobs, progress=progress))
+    return {cell: [next(folders) for _ in runs] for cell, runs in grid.items()}
 
 
 def with_seeds(configs: Iterable[RunConfig], seeds: Sequence[int]) -> list[RunConfig]:
