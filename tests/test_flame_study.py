@@ -71,7 +71,8 @@ def test_tier_costs_price_each_tier_on_the_paper_model(tmp_path):
     from fedmoe.fl.paper_configs import paper_config
     from fedmoe.fl.pricing import lora_params
 
-    runs = ex.projection_runs("uniform", out_dir=tmp_path, scale="smoke", methods=("flame", "hetlora"), jobs=1)
+    runs = ex.projection_runs("uniform", out_dir=tmp_path, scale="smoke", methods=("flame", "hetlora", "fedit"),
+                              jobs=1)
     rows = {(r["method"], r["tier"]): r for r in ex.tier_costs(runs)}
     olmoe = paper_config("olmoe-1b-7b")
     per_expert = lambda r: r * (olmoe.hidden_size + 2 * olmoe.intermediate_size) + r * (  # noqa: E731
@@ -88,6 +89,9 @@ def test_tier_costs_price_each_tier_on_the_paper_model(tmp_path):
     assert rows["flame", weak]["priced_top_k"] < rows["flame", 0]["priced_top_k"] == olmoe.num_experts_per_tok
     assert rows["flame", weak]["train_tflops"] < rows["hetlora", weak]["train_tflops"]
     assert "rtx-3060-12gb" in {r["devices"] for r in rows.values()}
+    # FedIT: every client at the weakest tier's rank, grouped by the tier its device has; no tiered budgets
+    assert {rows["fedit", t]["rank"] for t in tiers} == {8 // 2 ** weak}
+    assert ex.client_budgets(runs["fedit"]) == [] and len(ex.client_budgets(runs["flame"])) == 4
 
 
 def test_tier_costs_refuse_runs_priced_on_the_trained_model(tmp_path):

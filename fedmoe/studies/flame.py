@@ -261,10 +261,12 @@ def run_long(*, out_dir: str | Path, scale: str = "default", seeds: Sequence[int
 
 def client_budgets(folder: str | Path) -> list[dict[str, Any]]:
     """One row per client that trained in the run: device, tier, top-k, rank and train FLOPs per token
-    (mean over the rounds it was sampled in), sorted by client."""
+    (mean over the rounds it was sampled in), sorted by client. Empty for FedIT, which has no tiers."""
     rows: dict[int, dict[str, Any]] = {}
     for record in load_rounds(folder):
         for cid, extra in record.get("client_log", {}).items():
+            if "tier" not in extra:  # FedIT logs only its rank and train FLOPs
+                continue
             row = rows.setdefault(int(cid), {"client": int(cid), "device": record["devices"][cid], "tier": extra["tier"],
                                              "top_k": extra["top_k"], "rank": extra["rank"], "flops": []})
             row["flops"].append(extra["flops_per_token"])
