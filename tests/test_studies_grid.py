@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from fedmoe.config import load_config
+from fedmoe.studies import grid
 from fedmoe.studies.evidence import compare, drop_from_best, run_score, score_interval
-from fedmoe.studies.grid import run_configs, seeds_for, with_seeds
+from fedmoe.studies.grid import long_horizon, run_cells, run_configs, seeds_for, with_seeds
 
 
 def _smoke(**over):
@@ -24,6 +25,25 @@ def test_with_seeds_varies_only_the_run_seed():
 def test_unknown_scale_names_the_valid_ones():
     with pytest.raises(ValueError, match="smoke"):
         seeds_for("huge")
+
+
+def test_run_cells_runs_the_study_in_one_call_and_regroups_the_folders(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_configs(configs, *, out_dir, jobs=None, progress=True):
+        calls.append(len(configs))
+        return [tmp_path / f"{c.method}-{c.seed}" for c in configs]
+
+    monkeypatch.setattr(grid, "run_configs", fake_run_configs)
+    cells = {("a", "iid"): with_seeds([_smoke()], [0, 1]), ("b", "iid"): with_seeds([_smoke(method="central")], [2])}
+    assert run_cells(cells, out_dir=tmp_path) == {("a", "iid"): [tmp_path / "fedit-0", tmp_path / "fedit-1"],
+                                                  ("b", "iid"): [tmp_path / "central-2"]}
+    assert calls == [3]
+
+
+def test_long_horizon_multiplies_the_rounds_only():
+    assert long_horizon(_smoke(**{"fed.rounds": 4})) == {"fed.rounds": 12}
+    assert long_horizon(_smoke(**{"fed.rounds": 4}), factor=2) == {"fed.rounds": 8}
 
 
 @pytest.mark.slow
