@@ -132,3 +132,17 @@ def test_long_horizon_configs_run_three_times_the_rounds_in_their_own_folders():
     cfg, short = grid["flora", "heavy-tail"][1], ex.make_config("flora", "heavy-tail", scale="smoke", seed=1)
     assert cfg.fed.rounds == LONG_FACTOR * short.fed.rounds and cfg.name == "flame-long-heavy-tail"
     assert (cfg.seed, cfg.method_args, cfg.cost, cfg.data) == (1, short.method_args, short.cost, short.data)
+
+
+def test_gap_anatomy_separates_the_aggregation_edge_from_heterogeneity(tmp_path, fake_run):
+    """Homogeneous: FLAME = FedIT, FLoRA +50 points over both; heavy-tail: FLAME - HetLoRA = -25 points."""
+    n = 40
+    zeros, ones, halves, quarters = [0] * n, [1] * n, [1, 0] * (n // 2), [1, 0, 0, 0] * (n // 4)
+    final = {("flame", "homogeneous"): halves, ("fedit", "homogeneous"): halves, ("flora", "homogeneous"): ones,
+             ("hetlora", "homogeneous"): halves, ("flame", "heavy-tail"): quarters, ("hetlora", "heavy-tail"): halves,
+             ("fedit", "heavy-tail"): quarters, ("flora", "heavy-tail"): halves}
+    folders = {key: _runs(fake_run, tmp_path / "-".join(key), [[zeros, items]] * 3) for key, items in final.items()}
+    gaps = ex.gap_anatomy(folders, ["homogeneous", "heavy-tail"])
+    assert {k: v.difference.mean for k, v in gaps.items()} == pytest.approx({
+        "FLAME - FedIT (homogeneous)": 0.0, "flora - FedIT (homogeneous)": 0.5,
+        "FLAME - HetLoRA (homogeneous)": 0.0, "FLAME - HetLoRA (heavy-tail)": -0.25})

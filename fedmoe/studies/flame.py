@@ -210,6 +210,31 @@ def lead_growth(folders: dict[tuple[str, str], list[Path]], low: str = "homogene
     return Comparison(diff, verdict(diff))
 
 
+def gap_anatomy(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], last: int = 1
+                ) -> dict[str, Comparison]:
+    """Where FLAME's distance to the best baseline comes from, each part a paired comparison:
+
+    - ``FLAME - FedIT (homogeneous)``: every client runs the full top-k at the full rank, so the two differ only in
+      the aggregation (activation-aware vs FedAvg): FLAME's own rule, with no heterogeneity to exploit;
+    - ``<best> - FedIT (homogeneous)``: the best baseline's edge where nothing is heterogeneous (an edge of its
+      aggregation, not of how it handles weak clients);
+    - ``FLAME - HetLoRA (<setting>)``: FLAME against the paper's own baseline in every setting.
+
+    The FedIT rows need FedIT's homogeneous runs (the long-horizon check has none and gets only the HetLoRA rows).
+    """
+    out = {}
+    if "homogeneous" in settings and ("fedit", "homogeneous") in folders:
+        best = best_baseline(folders, "homogeneous", last)
+        out["FLAME - FedIT (homogeneous)"] = compare(folders["flame", "homogeneous"], folders["fedit", "homogeneous"],
+                                                     last)
+        if best != "fedit":
+            out[f"{best} - FedIT (homogeneous)"] = compare(folders[best, "homogeneous"],
+                                                           folders["fedit", "homogeneous"], last)
+    for setting in settings:
+        out[f"FLAME - HetLoRA ({setting})"] = compare(folders["flame", setting], folders["hetlora", setting], last)
+    return out
+
+
 def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], last: int = 1,
             horizon: str = "") -> list[TargetRow]:
     """FLAME's claims as report rows: it leads the best baseline in every setting, and its lead grows with
