@@ -52,8 +52,8 @@ nbval: setup  ## execute notebooks at smoke scale and validate them with nbval
 	$(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(OUT)/smoke/00_quickstart.ipynb
 
 reproduce: setup  ## execute every notebook at SCALE (JOBS parallel runs), write figures/ and figures/REPORT.md
-	$(BIN)/python reproduce/run_notebooks.py --scale $(SCALE) --out $(OUT)/$(SCALE) --figures figures --report results/report
-	$(BIN)/python reproduce/make_report.py --sections results/report --report figures/REPORT.md --readme README.md
+	$(BIN)/python reproduce/run_notebooks.py --scale $(SCALE) --out $(OUT)/$(SCALE) --figures figures --report figures/report
+	$(BIN)/python reproduce/make_report.py --sections figures/report --report figures/REPORT.md --readme README.md
 
 lab: setup  ## JupyterLab on 127.0.0.1 with the kit's kernel
 	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks

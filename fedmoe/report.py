@@ -22,7 +22,7 @@ from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
 #: The papers whose targets the report lists, in this order (a paper without measured rows says so).
 PAPERS = ("FLUX", "FFT-MoE", "FLAME")
 #: The command that writes the report; the report's header names it.
-REPORT_COMMAND = "python reproduce/make_report.py --sections results/report"
+REPORT_COMMAND = "python reproduce/make_report.py --sections figures/report"
 #: The command that re-pastes the README section from the committed report.
 README_COMMAND = "python reproduce/make_report.py --readme-only"
 README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
@@ -91,7 +91,7 @@ def _interval_from_json(data: dict) -> Interval:
 
 def save_section(folder: str | Path, study: str, targets: Sequence[TargetRow] = (),
                  head_to_head: Sequence[HeadToHeadRow] = ()) -> Path:
-    """Write ``<folder>/<study>.json`` (e.g. ``results/report/flame.json``) and return its path.
+    """Write ``<folder>/<study>.json`` (e.g. ``figures/report/flame.json``) and return its path.
 
     ``study`` is a lower-case name (letters, digits, ``-``, ``_``). Rows keep their order (the report lists
     targets in the order a study gives them).

@@ -1,10 +1,11 @@
 """Write figures/REPORT.md from the study sections and paste its target tables into README.md.
 
-The benchmarks write one section per study (``results/report/<study>.json``, see ``fedmoe.report.save_section``);
-this script renders them into ``figures/REPORT.md`` and replaces README.md's text between
+The notebooks write one section per study (``make reproduce``: ``figures/report/<study>.json``, committed beside
+the report, so re-running one study updates its rows and keeps every other study's; see
+``fedmoe.report.save_section``); this script renders them into ``figures/REPORT.md`` and replaces README.md's text between
 ``<!-- report:start -->`` and ``<!-- report:end -->`` with the report's target tables, so no result is typed.
 
-    python reproduce/make_report.py --sections results/report   # write the report, update the README
+    python reproduce/make_report.py --sections figures/report   # write the report, update the README
     python reproduce/make_report.py --readme-only               # re-paste the README from the committed report
     python reproduce/make_report.py --check                     # exit 1 if the README differs from the report
 """
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     """Render the report and sync the README, re-paste only, or check; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default=str(ROOT / "results" / "report"),
+    parser.add_argument("--sections", default=str(ROOT / "figures" / "report"),
                         help="folder of study sections (*.json) the benchmarks write")
     parser.add_argument("--report", default=str(ROOT / "figures" / "REPORT.md"), help="the report to write / read")
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="the README holding the markers")

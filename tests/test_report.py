@@ -129,6 +129,14 @@ def test_committed_readme_section_matches_the_committed_report():
         "README.md's results section is stale: run `python reproduce/make_report.py --readme-only`"
 
 
+def test_committed_report_is_what_the_committed_sections_render():
+    """figures/REPORT.md is generated from figures/report/*.json; a hand edit or a lost section shows here."""
+    sections = load_sections(ROOT / "figures" / "report")
+    assert {s.study for s in sections} >= {"flux", "fftmoe", "flame", "quickstart"}
+    assert render_report(sections) == (ROOT / "figures" / "REPORT.md").read_text(), \
+        "figures/REPORT.md differs from its sections: run `python reproduce/make_report.py`"
+
+
 def _make_report():
     """The reproduce/make_report.py module (a script, not a package module)."""
     spec = importlib.util.spec_from_file_location("make_report", ROOT / "reproduce" / "make_report.py")

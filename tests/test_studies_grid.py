@@ -8,7 +8,7 @@ import pytest
 
 from fedmoe.config import load_config
 from fedmoe.studies import grid
-from fedmoe.studies.evidence import compare, drop_from_best, run_score, score_interval
+from fedmoe.studies.evidence import compare, drop_from_best, late_gain, run_score, score_interval
 from fedmoe.studies.grid import long_horizon, run_cells, run_configs, seeds_for, with_seeds
 
 
@@ -94,3 +94,17 @@ def test_drop_from_best_pairs_the_final_round_with_each_seeds_peak(tmp_path, fak
     assert drop.lo <= drop.mean <= drop.hi <= 0.0
     flat = drop_from_best([runs[1]])
     assert (flat.mean, flat.lo, flat.hi) == (0.0, 0.0, 0.0)
+
+
+def test_late_gain_pairs_the_final_round_with_the_round_at_two_thirds(tmp_path, fake_run):
+    # rounds 0..3: two thirds of round 3 is round 2; seed 0 gains (0, 0) -> (1, 1), seed 1 (1, 0) -> (1, 1).
+    runs = [fake_run(tmp_path / "s0", 0, [[0, 0], [0, 0], [0, 0], [1, 1]]),
+            fake_run(tmp_path / "s1", 1, [[0, 0], [0, 0], [1, 0], [1, 1]])]
+    gain = late_gain(runs)
+    assert gain.mean == pytest.approx((1.0 + 0.5) / 2)
+    assert gain.lo <= gain.mean <= gain.hi
+    assert late_gain(runs, fraction=0.1).mean == pytest.approx(((1.0 - 0.0) + (1.0 - 0.0)) / 2)  # vs round 1
+    with pytest.raises(ValueError, match="fed.eval_every"):
+        late_gain([fake_run(tmp_path / "short", 0, [[0, 0], [1, 1]])], fraction=0.9)
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        late_gain(runs, fraction=1.0)

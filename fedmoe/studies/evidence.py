@@ -94,6 +94,29 @@ def drop_from_best(folders: Sequence[str | Path], seed: int = 0) -> Interval:
     return paired_difference(np.stack(finals), np.stack(bests), seed=seed)
 
 
+def late_gain(folders: Sequence[str | Path], fraction: float = 2 / 3, seed: int = 0) -> Interval:
+    """What the runs still gained late: final score minus the score at the first evaluated round at or after
+    ``fraction`` of the last round, paired over seeds and test items (score units).
+
+    An interval around 0 says the curves had flattened over the last third of the horizon, so a score read there
+    is what the method converges to; one well above 0 says they were still rising.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"late_gain fraction must lie in (0, 1), e.g. 2/3; got {fraction}")
+    finals, earlier = [], []
+    for folder in sorted(folders, key=seed_of):
+        rows = _evaluated(folder)
+        cut = fraction * rows[-1]["round"]
+        at = next(i for i, r in enumerate(rows) if r["round"] >= cut)
+        if at == len(rows) - 1:
+            raise ValueError(f"{folder}: no evaluation between {fraction:.0%} of the horizon and its end "
+                             f"(evaluated rounds {[r['round'] for r in rows]}); evaluate more often (fed.eval_every)")
+        items = _item_rows(folder, rows)
+        finals.append(items[-1])
+        earlier.append(items[at])
+    return paired_difference(np.stack(finals), np.stack(earlier), seed=seed)
+
+
 def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1) -> str:
     """The name whose runs have the highest mean score (ties: the first name)."""
     means = {name: float(np.mean([run_score(f, last) for f in folders])) for name, folders in groups.items()}

@@ -41,6 +41,7 @@ BASELINES = ("hetlora", "flexlora", "flora", "fedit")
 METHODS = ("flame", *BASELINES)
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "flame.yaml"
 COMMAND = "make reproduce  (notebooks/flame/01_compute_settings.ipynb; reproduce/bench_flame.py)"
+LONG_COMMAND = "make reproduce  (notebooks/flame/04_long_horizon.ipynb; reproduce/bench_flame.py)"
 COLLAPSE_TOLERANCE = 0.05  # a run may end up to 5 points below its best round: the difference the test sets resolve
 RESCALERS = ("none", "fixed", "learnable")
 #: The long-horizon check (:func:`run_long`): FLAME, FLoRA (the best baseline in every setting at the study's own
@@ -236,23 +237,24 @@ def gap_anatomy(folders: dict[tuple[str, str], list[Path]], settings: Iterable[s
 
 
 def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], last: int = 1,
-            horizon: str = "") -> list[TargetRow]:
+            horizon: str = "", command: str = COMMAND) -> list[TargetRow]:
     """FLAME's claims as report rows: it leads the best baseline in every setting, and its lead grows with
     heterogeneity (homogeneous -> heavy-tail), each judged on its paired interval (``horizon``: e.g.
-    "24 rounds", names a long-horizon check scored over each run's last ``last`` evaluations)."""
+    "24 rounds", names a long-horizon check scored over each run's last ``last`` evaluations; ``command``: the one
+    that regenerates the rows)."""
     where = f", {horizon}" if horizon else ""
     scored = "" if last == 1 else f"; each run: mean of its last {last} evaluations"
     rows = []
     for setting in settings:
         diff = lead(folders, setting, last).difference
         rows.append(TargetRow(paper="FLAME", target=f"FLAME >= best heterogeneous-LoRA baseline ({setting}{where})",
-                              measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
+                              measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
                               note=f"FLAME - {best_baseline(folders, setting, last)}, paired{scored}",
                               seeds=len(folders["flame", setting])))
     if {"homogeneous", "heavy-tail"} <= set(settings):
         diff = lead_growth(folders, last=last).difference
         rows.append(TargetRow(paper="FLAME", target=f"FLAME's lead grows from homogeneous to heavy-tail{where}",
-                              measured=diff, goal="> +0.0", verdict=judge_target(diff, 0.0), command=COMMAND,
+                              measured=diff, goal="> +0.0", verdict=judge_target(diff, 0.0), command=command,
                               note=f"(lead in heavy-tail) - (lead in homogeneous), paired{scored}",
                               seeds=len(folders["flame", "heavy-tail"])))
     return rows
@@ -273,7 +275,7 @@ def long_targets(folders: dict[tuple[str, str], list[Path]]) -> list[TargetRow]:
     """:func:`targets` judged on the long-horizon check (:func:`run_long`), each run scored over its last
     :data:`~fedmoe.studies.grid.LONG_LAST` evaluations."""
     rounds = load_config_dict(folders["flame", LONG_SETTINGS[0]][0])["fed"]["rounds"]
-    return targets(folders, LONG_SETTINGS, last=LONG_LAST, horizon=f"{rounds} rounds")
+    return targets(folders, LONG_SETTINGS, last=LONG_LAST, horizon=f"{rounds} rounds", command=LONG_COMMAND)
 
 
 def run_long(*, out_dir: str | Path, scale: str = "default", seeds: Sequence[int] = (0,),
