@@ -237,3 +237,23 @@ def test_stale_profiling_effect_pairs_seeds_and_judges_both_targets(tmp_path):
     assert verdicts["layer-aware vs uniform budget: lower merge output error"] == UNRESOLVED  # one seed
     with pytest.raises(ValueError, match="share seeds"):
         fx.stale_profiling_effect(stale, fresh[:2])
+
+
+def test_budget_resolution_rounds_each_devices_priced_share_down_to_whole_experts():
+    """Each device's tuned experts are floor(priced share x experts) of the candidate model (at least one), the
+    merged slots at least one per layer, and the error is the tuned share against the priced one."""
+    from fedmoe.fl.federation import Federation
+
+    fed = Federation.from_config(fx.flux_config("flux", scale="smoke"))
+    rows = fx.budget_resolution(fed, experts_per_layer=(4, 32))
+    devices = {d.name for d in fed.devices}
+    assert {r["device"] for r in rows} == devices and len(rows) == 2 * len(devices)
+    layers = rows[0]["experts"] // rows[0]["experts_per_layer"]
+    for r in rows:
+        n = r["experts"]
+        assert n == layers * r["experts_per_layer"]
+        assert r["tune"] == max(1, math.floor(r["priced_tune_share"] * n + 1e-9))
+        assert layers <= r["slots"] <= n - r["tune"]
+        assert r["tune_share_error"] == pytest.approx(r["tune"] / n / r["priced_tune_share"] - 1)
+    by_size = {(r["device"], r["experts_per_layer"]): abs(r["tune_share_error"]) for r in rows}
+    assert all(by_size[d, 32] <= by_size[d, 4] for d in devices)  # finer experts never round worse here

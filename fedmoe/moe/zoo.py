@@ -82,6 +82,12 @@ SCALES: dict[str, ZooScale] = {
     "default-top4": ZooScale(vocab_size=1024, hidden_size=128, intermediate_size=128, num_layers=4, num_experts=8,
                              top_k=4, num_heads=4, n_docs=20000, n_entities=24, steps=600, batch_size=32,
                              seq_len=128, lr=3e-3, warmup_steps=50),
+    # "default" cut into 32 finer experts per layer (same expert parameters and active width: 32 x 32 wide, top-8,
+    # vs 8 x 128, top-2): memory budgets computed on a paper-scale model (LLaMA-MoE-3.5B: 512 experts) become
+    # expert counts here without the 8-expert model's rounding (FLUX; see fedmoe.studies.flux.budget_resolution)
+    "default-e32": ZooScale(vocab_size=1024, hidden_size=128, intermediate_size=32, num_layers=4, num_experts=32,
+                            top_k=8, num_heads=4, n_docs=20000, n_entities=24, steps=600, batch_size=32,
+                            seq_len=128, lr=3e-3, warmup_steps=50),
 }
 
 

@@ -358,6 +358,35 @@ def head_to_head(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLI
     return rows
 
 
+def budget_resolution(fed, method_args: dict[str, Any] | None = None,
+                      experts_per_layer: Sequence[int] = (8, 16, 32)) -> list[dict[str, Any]]:
+    """How finely a trained model expresses FLUX's memory budgets, per device of ``fed``'s fleet.
+
+    A budget is computed on the priced architecture (a share of its routed experts) and applied to the trained
+    model as a count of its own experts, rounded down (:func:`~fedmoe.methods.flux.budget.tiny_count`). With few
+    experts that rounding eats a large part of the share; one row per device and candidate expert count per layer
+    (same layer count as ``fed``'s model) gives the tuned experts and merged slots, and ``tune_share_error``: the
+    tuned share over the priced one, minus 1."""
+    from fedmoe.methods.base import get_method
+    from fedmoe.methods.flux.budget import tiny_count
+
+    server = get_method("flux").server(fed, fed.cfg.method_args if method_args is None else method_args)
+    layers = server.shape.num_layers
+    first = {}
+    for client, device in enumerate(fed.devices):
+        first.setdefault(device.name, client)
+    rows = []
+    for name, client in sorted(first.items(), key=lambda kv: fed.devices[kv[1]].memory_bytes):
+        priced = server.make_budget(client).device
+        for per_layer in experts_per_layer:
+            n = layers * per_layer
+            tune = tiny_count(priced.tune, n)
+            rows.append({"device": name, "experts_per_layer": per_layer, "experts": n,
+                         "priced_tune_share": priced.tune, "tune": tune, "slots": min(n - tune, tiny_count(priced.slots, n, layers)),
+                         "tune_share_error": tune / n / priced.tune - 1})
+    return rows
+
+
 def client_memory(folder: Path, full_model_bytes: int) -> list[dict[str, Any]]:
     """Each client's peak memory (max over rounds), its device memory and the share of the full model's."""
     peak, device = {}, {}
