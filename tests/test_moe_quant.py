@@ -45,7 +45,9 @@ def test_quantize_model(tiny_moe, family, scheme):
     qmodel = report.model
     linears = [m for layer in decoder_of(qmodel).layers for m in layer.modules() if isinstance(m, nn.Linear)]
     kind = bnb.nn.Linear8bitLt if scheme == "int8" else bnb.nn.Linear4bit
-    assert linears and all(isinstance(m, kind) for m in linears)
+    # a 4-bit linear bitsandbytes would decode wrongly on this CPU (inputs not whole blocks) is fake-quantized
+    assert linears and all(isinstance(m, kind) or (scheme != "int8" and type(m) is nn.Linear and m.in_features % 64)
+                           for m in linears)
     assert isinstance(qmodel.lm_head, nn.Linear) and type(qmodel.lm_head) is nn.Linear
     experts = [t for t in report.tensors if t.kind == "experts"]
     assert len(experts) == 2 * len(moe_layers(model))
@@ -91,3 +93,24 @@ def test_quantize_in_place_and_experts_only(tiny_moe):
     assert all(
         type(m) is nn.Linear for m in decoder_of(model).layers[0].modules() if isinstance(m, nn.Linear)
     )
+
+
+@pytest.mark.parametrize("in_features", [32, 96, 128])
+def test_4bit_linear_runs_with_the_reported_nf4_weight_on_every_cpu(in_features):
+    """In eval mode without grad (FLUX's INT4 profiling, evaluating FMQ / fedit-nf4) a 4-bit linear computes
+    x @ Q(W)^T + b with Q(W) at NF4's error level, whatever the input width and the CPU (bitsandbytes 0.50's native
+    CPU decoder gets widths that are not whole 64-blocks wrong, and AVX512-BF16 CPUs would switch kernels)."""
+    from fedmoe.moe.quant import _quantized_linear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, 64)
+    qlin, deq, stored = _quantized_linear(linear, "nf4")
+    assert stored == quantized_nbytes(tuple(linear.weight.shape), "nf4", "linear")
+    rel = ((deq - linear.weight).norm() / linear.weight.norm()).item()
+    assert 0.03 < rel < 0.15
+    if isinstance(qlin, bnb.nn.Linear4bit):
+        assert qlin.support_avx512bf16_for_cpu is False
+    qlin.eval()
+    x = torch.randn(3, in_features)
+    with torch.no_grad():
+        assert torch.allclose(qlin(x), x @ deq.T + linear.bias, atol=1e-5)

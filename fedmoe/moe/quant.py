@@ -9,6 +9,13 @@ transformers' ``BitsAndBytesConfig`` does not quantize fused experts, so two pat
   replaced by real ``bnb.nn.Linear4bit`` (nf4/fp4, block 64) or ``bnb.nn.Linear8bitLt`` (int8, one
   absmax per output row), which run on CPU. Routers, norms, embeddings and ``lm_head`` stay as they are.
 
+4-bit blocks run over the flattened tensor. bitsandbytes 0.50's native CPU ``dequantize_4bit`` mis-decodes a
+tensor whose last dimension is not a whole number of blocks (relative error 0.19-0.28 instead of 0.09 on a
+[64, 32] or [64, 96] weight, on this kit's AVX-512 test machine), so every 4-bit tensor is decoded as the flat
+vector it was quantized as (:func:`dequantize_4bit_flat`, identical to bitsandbytes' generic decoder), and a
+``Linear4bit`` whose own decoding disagrees with it is replaced by an ``nn.Linear`` holding the decoded weight
+(fake-quant, same storage reported), so the model runs with the error that is reported on every CPU.
+
 Storage counts the packed data plus the float32 absmax statistics (no nested/double quantization);
 the fixed code tables (16 or 256 constants per format, shared by every tensor) are not counted.
 """
@@ -110,6 +117,14 @@ class QuantReport:
         return max((t.max_abs_error for t in self.tensors), default=0.0)
 
 
+def dequantize_4bit_flat(data: torch.Tensor, state) -> torch.Tensor:
+    """The 4-bit ``data`` with its bitsandbytes ``state`` decoded as the flat vector its blocks cover, reshaped to
+    the state's shape (see the module docstring for why not ``dequantize_4bit(data, state)`` directly)."""
+    flat = copy.copy(state)
+    flat.shape = torch.Size([math.prod(state.shape)])
+    return bnbf.dequantize_4bit(data, flat).reshape(state.shape)
+
+
 def quantize_tensor(weight: torch.Tensor, scheme: str) -> tuple[torch.Tensor, int]:
     """(dequantized copy of ``weight`` in its dtype, bytes of the quantized storage) with bitsandbytes'
     functional blockwise quantizers."""
@@ -122,7 +137,7 @@ def quantize_tensor(weight: torch.Tensor, scheme: str) -> tuple[torch.Tensor, in
         data, state = bnbf.quantize_4bit(
             w, blocksize=BLOCK_4BIT, quant_type=scheme, compress_statistics=False
         )
-        deq = bnbf.dequantize_4bit(data, state)
+        deq = dequantize_4bit_flat(data, state)
     stored = data.numel() * data.element_size() + state.absmax.numel() * state.absmax.element_size()
     return deq.reshape(weight.shape).to(weight.dtype), stored
 
@@ -150,6 +165,10 @@ def _quantized_linear(linear: nn.Linear, scheme: str) -> tuple[nn.Module, torch.
         new = bnb.nn.Linear4bit(
             *args, compute_dtype=linear.weight.dtype, compress_statistics=False, quant_type=scheme
         )
+        # On CPUs with AVX512-BF16, bitsandbytes (>= 0.48) repacks the weight for another inference kernel the
+        # first time the layer runs in eval mode without grad: other numbers than on any other CPU, and a crash
+        # when in_features is below the quantization block (64). One path on every CPU keeps runs reproducible.
+        new.support_avx512bf16_for_cpu = False
     new.load_state_dict(linear.state_dict())
     new = new.to(linear.weight.device)  # bitsandbytes quantizes when the weight is moved to a device
     weight = new.weight
@@ -160,11 +179,17 @@ def _quantized_linear(linear: nn.Linear, scheme: str) -> tuple[nn.Module, torch.
         )
     else:
         state = weight.quant_state
-        deq = bnbf.dequantize_4bit(weight.data, state)
+        deq = dequantize_4bit_flat(weight.data, state)
         stored = (
             weight.data.numel() * weight.data.element_size()
             + state.absmax.numel() * state.absmax.element_size()
         )
+        if not torch.equal(bnbf.dequantize_4bit(weight.data, state), deq):  # the module would run another weight
+            new = nn.Linear(*args, device=linear.weight.device, dtype=linear.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(deq)
+                if linear.bias is not None:
+                    new.bias.copy_(linear.bias)
     return new, deq.reshape(linear.weight.shape).to(linear.weight.dtype), stored
 
 
