@@ -114,3 +114,15 @@ def test_4bit_linear_runs_with_the_reported_nf4_weight_on_every_cpu(in_features)
     x = torch.randn(3, in_features)
     with torch.no_grad():
         assert torch.allclose(qlin(x), x @ deq.T + linear.bias, atol=1e-5)
+
+
+def test_only_the_offline_hub_kernel_probe_warnings_are_dropped(caplog):
+    import logging
+
+    import fedmoe  # noqa: F401  (installs the filters)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: offline")
+        logger.warning("another bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]
