@@ -64,6 +64,26 @@ def test_tier_scores_of_a_finished_run(tmp_path):
     assert (folder / ex.TIER_SCORES_FILE).is_file()
 
 
+def test_deployed_targets_compare_each_weak_tier_with_both_global_models(tmp_path, fake_run):
+    """Per weak tier: its own model minus FLAME's global model and minus the baseline's, paired on the final round
+    (hand-computed); tier 0 (full top-k) is the global model and gets no row; unequal seeds are refused."""
+    glob_items, tier1, base = [0] * 10 + [1] * 10, [1] * 20, [1] * 15 + [0] * 5
+    flame = _runs(fake_run, tmp_path / "flame", [[[0] * 20, glob_items]] * 2)
+    flora = _runs(fake_run, tmp_path / "flora", [[base]] * 2)
+    for folder in flame:
+        (folder / ex.TIER_SCORES_FILE).write_text(json.dumps({"tiers": {
+            "0": {"top_k": 4, "score": 0.5, "item_scores": glob_items},
+            "1": {"top_k": 2, "score": 1.0, "item_scores": tier1}}}))
+    rows = ex.deployed_targets(flame, flora, "flora", "heavy-tail", "24 rounds", command="cmd", jobs=1)
+    assert [r.target for r in rows] == [
+        "diagnostic: tier 1 (top-2) model >= FLAME's global model (full top-k) (heavy-tail, 24 rounds)",
+        "diagnostic: tier 1 (top-2) model >= flora's global model (heavy-tail, 24 rounds)"]
+    assert [r.measured.mean for r in rows] == [pytest.approx(0.5), pytest.approx(0.25)]
+    assert {r.verdict for r in rows} == {MET} and {r.seeds for r in rows} == {2}
+    with pytest.raises(ValueError, match="same seeds.*run the missing seeds first"):
+        ex.deployed_targets(flame, flora[:1], "flora", "heavy-tail", "24 rounds", command="cmd", jobs=1)
+
+
 def test_tier_costs_price_each_tier_on_the_paper_model(tmp_path):
     """FLAME's weak tiers upload the full-rank LoRA and compute less; HetLoRA's upload their own rank. Bytes are
     bf16 LoRA parameters of OLMoE-1B-7B (hand formula below); the 12 GB RTX 3060 of the uniform fleet only holds

@@ -364,17 +364,51 @@ def tier_scores(folder: str | Path) -> dict[str, Any]:
     return cached_json(Path(folder) / TIER_SCORES_FILE, compute)
 
 
+def _tier_items(runs: Sequence[Path], jobs: int | None = None) -> dict[str, np.ndarray]:
+    """Per-item scores ``[seed, item]`` of each tier's own-top-k model (:func:`tier_scores`), runs sorted by seed,
+    keyed ``"tier 1 (top-2)"``; tiers that did not train in every seed's run are left out."""
+    compute_all(tier_scores, runs, TIER_SCORES_FILE, jobs)
+    per_run = [tier_scores(f)["tiers"] for f in sorted(runs, key=seed_of)]
+    return {f"tier {tier} (top-{per_run[0][tier]['top_k']})": np.array([t[tier]["item_scores"] for t in per_run])
+            for tier in sorted(set.intersection(*(set(t) for t in per_run)), key=int)}
+
+
 def tier_table(runs: Sequence[Path], jobs: int | None = None) -> dict[str, Interval]:
     """FLAME's global model and each tier's own-top-k model over seeds (``"global"``, ``"tier 1 (top-2)"``), and
     each tier model minus the global model paired over seeds and items (``"tier 1 (top-2) - global"``). Tiers
     that did not train in every seed's run are left out."""
-    compute_all(tier_scores, runs, TIER_SCORES_FILE, jobs)
     runs = sorted(runs, key=seed_of)
-    per_run = [tier_scores(f)["tiers"] for f in runs]
     table = {"global": score_interval(runs)}
-    for tier in sorted(set.intersection(*(set(t) for t in per_run)), key=int):
-        name = f"tier {tier} (top-{per_run[0][tier]['top_k']})"
-        table[name] = mean_ci([t[tier]["score"] for t in per_run])
-        table[f"{name} - global"] = paired_difference(np.array([t[tier]["item_scores"] for t in per_run]),
-                                                      np.stack([item_scores(f) for f in runs]))
+    for name, items in _tier_items(runs, jobs).items():
+        table[name] = mean_ci(items.mean(axis=1).tolist())
+        table[f"{name} - global"] = paired_difference(items, np.stack([item_scores(f) for f in runs]))
     return table
+
+
+def deployed_targets(flame_runs: Sequence[Path], baseline_runs: Sequence[Path], baseline: str, setting: str,
+                     horizon: str, command: str, jobs: int | None = None) -> list[TargetRow]:
+    """Where a gap of FLAME's global model comes from, as report rows (the kit's diagnostic, not a paper claim).
+
+    The global model is scored at the model's full top-k, but a weak-tier client trains (and would deploy) the
+    global LoRA at its own top-k_i through its rescaler. Per weak tier, on each run's final model, paired over
+    seeds and items: the tier's own model minus FLAME's global model (above 0: the global score understates what
+    that tier's clients trained, a train/deploy top-k mismatch rather than a failed aggregation), and the tier's
+    model minus ``baseline``'s global model (what is left of the gap once each tier runs its own top-k)."""
+    flame_runs = sorted(flame_runs, key=seed_of)
+    baseline_runs = sorted(baseline_runs, key=seed_of)
+    if [seed_of(f) for f in flame_runs] != [seed_of(f) for f in baseline_runs]:
+        raise ValueError(f"deployed_targets pairs FLAME with {baseline} on the same seeds; got "
+                         f"{[seed_of(f) for f in flame_runs]} and {[seed_of(f) for f in baseline_runs]}: "
+                         "run the missing seeds first")
+    references = {"FLAME's global model (full top-k)": flame_runs, f"{baseline}'s global model": baseline_runs}
+    rows = []
+    for name, items in _tier_items(flame_runs, jobs).items():
+        if name.startswith("tier 0 "):  # tier 0 runs the full top-k: its model is the global model
+            continue
+        for label, runs in references.items():
+            diff = paired_difference(items, np.stack([item_scores(f) for f in runs]))
+            rows.append(TargetRow(paper="FLAME", target=f"diagnostic: {name} model >= {label} ({setting}, {horizon})",
+                                  measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
+                                  note="the global LoRA at the tier's own top-k through its rescaler; final "
+                                       "round, paired", seeds=len(flame_runs)))
+    return rows
