@@ -70,7 +70,6 @@ SUITES = ("dolly", "gsm", "mmlu")
 HEADLINE_SUITE = "gsm"
 #: Share of FMD's improvement over the base score that sets the time-to-accuracy target.
 TARGET_FRACTION = 0.9
-COMMAND = "python reproduce/bench_flux.py --suites gsm,dolly  (or notebooks/flux/01_time_to_accuracy.ipynb)"
 
 
 def flux_config(method: str, suite: str = "gsm", *, scale: str = "default", seed: int = 0,
@@ -329,11 +328,11 @@ def _benchmark(folders: dict[tuple[str, str], list[Path]], suite: str) -> tuple[
     plus the zoo model's scale when the runs trained another one than the study scale's (``--zoo-scale``)."""
     cfg = load_config_dict(folders["flux", suite][0])
     model_scale = cfg["model"]["scale"]
+    command = f"python reproduce/bench_flux.py --suites {suite}"
     if model_scale == cfg["scale"]:
-        return suite, COMMAND
+        return suite, f"{command}  (or notebooks/flux/01_time_to_accuracy.ipynb)"
     return (f"{suite}, {model_scale} zoo model",
-            f"python reproduce/bench_flux.py --suites {suite} --zoo-scale {model_scale}  "
-            f"(or notebooks/flux/01_time_to_accuracy.ipynb with zoo_scale)")
+            f"{command} --zoo-scale {model_scale}  (or notebooks/flux/01_time_to_accuracy.ipynb with zoo_scale)")
 
 
 def targets(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLINE_SUITE) -> list[TargetRow]:
