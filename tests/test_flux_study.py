@@ -147,6 +147,18 @@ def test_suite_result_and_targets_on_a_hand_made_grid(tmp_path):
     assert {r.benchmark.split(",")[0] for r in rows} == {"gsm"}
 
 
+def test_target_rows_name_the_commands_that_regenerate_their_suite(tmp_path):
+    """The headline suite comes from the notebook's defaults; any other suite is a side study the notebook writes
+    only when told to run that suite alone."""
+    folders = _grid(tmp_path)
+    assert {r.command for r in fx.targets(folders)} == {
+        "python reproduce/bench_flux.py --suites gsm  (or notebooks/flux/01_time_to_accuracy.ipynb)"}
+    as_mmlu = {(m, "mmlu"): fs for (m, _), fs in folders.items()}
+    assert {r.command for r in fx.targets(as_mmlu, "mmlu")} == {
+        "python reproduce/bench_flux.py --suites mmlu  (or notebooks/flux/01_time_to_accuracy.ipynb with "
+        "suites=[mmlu])"}
+
+
 def test_suite_result_refuses_unpaired_seeds(tmp_path):
     folders = _grid(tmp_path)
     folders["fmd", "gsm"] = folders["fmd", "gsm"][:2]

@@ -324,15 +324,19 @@ def suite_table(folders: dict[tuple[str, str], list[Path]], result: SuiteResult)
 
 
 def _benchmark(folders: dict[tuple[str, str], list[Path]], suite: str) -> tuple[str, str]:
-    """How the target rows of ``suite`` name their benchmark, and the command that regenerates them: the suite,
-    plus the zoo model's scale when the runs trained another one than the study scale's (``--zoo-scale``)."""
+    """How the target rows of ``suite`` name their benchmark, and the commands that regenerate them: the suite,
+    plus the zoo model's scale when the runs trained another one than the study scale's (``--zoo-scale``); the
+    notebook names the parameters that make it write this suite's section (a side study without the headline
+    suite, another zoo model)."""
     cfg = load_config_dict(folders["flux", suite][0])
     model_scale = cfg["model"]["scale"]
-    command = f"python reproduce/bench_flux.py --suites {suite}"
-    if model_scale == cfg["scale"]:
-        return suite, f"{command}  (or notebooks/flux/01_time_to_accuracy.ipynb)"
-    return (f"{suite}, {model_scale} zoo model",
-            f"{command} --zoo-scale {model_scale}  (or notebooks/flux/01_time_to_accuracy.ipynb with zoo_scale)")
+    other_zoo = model_scale != cfg["scale"]
+    command = f"python reproduce/bench_flux.py --suites {suite}" + (f" --zoo-scale {model_scale}" if other_zoo else "")
+    params = [*([f"suites=[{suite}]"] if suite != HEADLINE_SUITE else []),
+              *([f"zoo_scale={model_scale}"] if other_zoo else [])]
+    notebook = "notebooks/flux/01_time_to_accuracy.ipynb" + (f" with {', '.join(params)}" if params else "")
+    where = f"{suite}, {model_scale} zoo model" if other_zoo else suite
+    return where, f"{command}  (or {notebook})"
 
 
 def targets(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLINE_SUITE) -> list[TargetRow]:
