@@ -14,11 +14,12 @@ from fedmoe.studies import flux as fx
 N_ITEMS = 40
 
 
-def _run(root, method, seed, points, *, suite="gsm", profile=0.0):
+def _run(root, method, seed, points, *, suite="gsm", profile=0.0, round_seconds=None, name=None):
     """A finished run folder by hand: the real smoke config; ``points`` are (sim_time, score) per round, round 0
-    first; each training round lasts 100 s on client 0 plus the server's seconds, ``profile`` of it profiling."""
+    first; each training round lasts 100 s on client 0 plus the server's seconds (or ``round_seconds``),
+    ``profile`` of it profiling; ``name`` tells apart folders of one method and seed (variants of a study)."""
     cfg = fx.flux_config(method, suite, scale="smoke", seed=seed)
-    folder = root / f"{method}-{suite}-{seed}"
+    folder = root / f"{name or method}-{suite}-{seed}"
     folder.mkdir()
     save_config(cfg, folder / "config.yaml")
     server = cfg.cost.server_seconds
@@ -28,7 +29,7 @@ def _run(root, method, seed, points, *, suite="gsm", profile=0.0):
         rec = {"round": r, "sim_time": t, "wall_time": float(r), "score": score,
                "item_scores": [1.0] * hits + [0.0] * (N_ITEMS - hits)}
         if r:
-            rec.update(round_seconds=100.0 + server, client_seconds={"0": 100.0},
+            rec.update(round_seconds=100.0 + server if round_seconds is None else round_seconds, client_seconds={"0": 100.0},
                        client_log={"0": {"profile_sim_seconds": profile}}, bytes_up={"0": 10},
                        peak_memory={"0": 1}, devices={"0": "rtx-3090-24gb"})
         records.append(rec)
@@ -157,6 +158,34 @@ def test_target_rows_name_the_commands_that_regenerate_their_suite(tmp_path):
     assert {r.command for r in fx.targets(as_mmlu, "mmlu")} == {
         "python reproduce/bench_flux.py --suites mmlu  (or notebooks/flux/01_time_to_accuracy.ipynb with "
         "suites=[mmlu])"}
+
+
+def test_eps_targets_pair_the_ramp_with_each_fixed_eps(tmp_path):
+    """Ramp 24/40 items on every seed; fixed 0.3 20/40 (the ramp leads by 4 items, 10 points, on each seed:
+    MET); fixed 0.7 the same items as the ramp (a zero difference decides nothing: UNRESOLVED)."""
+    def runs(name, score):
+        return [_run(tmp_path, "flux", s, [(0, 0.0), (100, score)], name=name) for s in (0, 1, 2)]
+    rows = fx.eps_targets(runs("ramp", 0.6), {0.7: runs("fixed-0.7", 0.6), 0.3: runs("fixed-0.3", 0.5)})
+    assert [r.target for r in rows] == ["ramp eps schedule beats fixed eps 0.3 (final score)",
+                                        "ramp eps schedule beats fixed eps 0.7 (final score)"]
+    assert rows[0].measured.mean == pytest.approx(0.1) and rows[0].verdict == MET
+    assert rows[1].measured.mean == 0.0 and rows[1].verdict == UNRESOLVED
+    assert {r.seeds for r in rows} == {3}
+
+
+def test_scalability_rows_pair_round_times_by_seed(tmp_path):
+    """FLUX's round 10 s on every seed, FMD's 20/22/24 s: ratios 2.0/2.2/2.4, mean 2.2, t interval over seeds."""
+    runs = {("flux", 10): [_run(tmp_path, "flux", s, [(0, 0.0), (10, 0.1)], round_seconds=10.0) for s in (0, 1, 2)],
+            ("fmd", 10): [_run(tmp_path, "fmd", s, [(0, 0.0), (20, 0.1)], round_seconds=20.0 + 2 * s)
+                          for s in (0, 1, 2)]}
+    (row,) = fx.scalability_targets(runs)
+    half = sps.t.ppf(0.975, 2) * 0.2 / math.sqrt(3)
+    assert row.measured.mean == pytest.approx(2.2)
+    assert (row.measured.lo, row.measured.hi) == pytest.approx((2.2 - half, 2.2 + half))
+    assert row.verdict == MET and row.target.endswith("with 10 participating clients")
+    runs["fmd", 10] = runs["fmd", 10][:2]
+    with pytest.raises(ValueError, match="must share seeds"):
+        fx.round_time_ratios(runs)
 
 
 def test_suite_result_refuses_unpaired_seeds(tmp_path):

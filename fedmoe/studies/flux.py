@@ -612,6 +612,51 @@ def ablation_targets(merge_rows: Sequence[dict[str, Any]], stale: Sequence[str |
     return rows
 
 
+#: The eps-schedule ablation's fixed arms (the paper's: a ramp beat fixed eps 0.3 and 0.7).
+EPS_FIXED = (0.3, 0.7)
+
+
+def eps_targets(ramp: Sequence[str | Path], fixed: dict[float, Sequence[str | Path]]) -> list[TargetRow]:
+    """The paper's eps-schedule claim as report rows: the ramp's final score minus each fixed eps's, paired over
+    seeds and test items, must be > 0 (the paper reports that the ramp beat both, size unknown)."""
+    rows = []
+    for eps, runs in sorted(fixed.items()):
+        diff = compare(ramp, runs).difference
+        rows.append(TargetRow(paper="FLUX", target=f"ramp eps schedule beats fixed eps {eps:g} (final score)",
+                              measured=diff, goal="> 0.0", verdict=judge_target(diff, 0.0),
+                              command=ABLATION_COMMAND, seeds=len(by_seed(runs)),
+                              note="ramp - fixed at the end of each run, points, paired over seeds and items"))
+    return rows
+
+
+SCALABILITY_COMMAND = "make reproduce  (notebooks/flux/03_scalability.ipynb)"
+
+
+def round_time_ratios(runs: dict[tuple[str, int], Sequence[str | Path]], baseline: str = "fmd",
+                      flux: str = "flux") -> dict[int, Interval]:
+    """Per number of participating clients: the baseline's mean simulated round over FLUX's, paired by seed,
+    with its interval over seeds (``runs`` maps ``(method, clients)`` to the seeds' run folders)."""
+    out = {}
+    for n in sorted({n for _, n in runs}):
+        flux_by, base_by = by_seed(runs[flux, n]), by_seed(runs[baseline, n])
+        if set(flux_by) != set(base_by):
+            raise ValueError(f"{n} clients: {flux} and {baseline} must share seeds, got {sorted(flux_by)} and "
+                             f"{sorted(base_by)}; run the missing seeds first")
+        out[n] = mean_ci([diagnostics(base_by[s])["round_seconds"] / diagnostics(flux_by[s])["round_seconds"]
+                          for s in sorted(flux_by)])
+    return out
+
+
+def scalability_targets(runs: dict[tuple[str, int], Sequence[str | Path]]) -> list[TargetRow]:
+    """The scalability study as report rows: FLUX's round stays shorter than FMD's (ratio > 1) at every number of
+    participating clients (the paper varies 10 -> 30; what it measured there is not known, the goal is ours)."""
+    return [TargetRow(paper="FLUX", target=f"FLUX's round shorter than FMD's with {n} participating clients",
+                      measured=iv, goal="> 1x", verdict=judge_target(iv, 1.0), command=SCALABILITY_COMMAND,
+                      seeds=iv.n, scale=1.0, digits=2,
+                      note="FMD / FLUX mean simulated round, paired by seed; full participation")
+            for n, iv in round_time_ratios(runs).items()]
+
+
 def score_curve(folder: Path, x: str = "sim_time") -> tuple[list[float], list[float]]:
     """Score against ``x`` (re-exported for notebooks)."""
     return curve(folder, x)
