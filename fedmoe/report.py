@@ -50,6 +50,10 @@ class TargetRow:
     scale: float = 100.0
     digits: int = 1
 
+    def summary(self) -> str:
+        """One printable line: the verdict, the target, the measured interval in the row's units and the goal."""
+        return f"{self.verdict:<10} {self.target}: {self.measured.format(self.scale, self.digits)} (goal {self.goal})"
+
     def __post_init__(self):
         if self.verdict not in (MET, FAILED, UNRESOLVED):
             raise ValueError(f"TargetRow {self.target!r}: verdict must be MET, FAILED or UNRESOLVED (from "

@@ -180,3 +180,9 @@ def test_saved_figures_are_byte_reproducible(tmp_path):
         return [p.read_bytes() for p in paths]
 
     assert draw(tmp_path / "a") == draw(tmp_path / "b")  # no creation date: re-runs leave git clean
+
+
+def test_target_row_summary_prints_the_interval_in_the_row_units():
+    assert PARITY.summary() == "UNRESOLVED final score minus FMD's: -1.2 ± 2.9 [-4.1, 1.7] (goal >= -2 points)"
+    assert SPEEDUP.summary() == ("MET        time-to-accuracy speedup vs best baseline: 2.31 ± 0.28 [2.05, 2.60] "
+                                 "(goal >= 2.0x)")
