@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedmoe.config import SCALE_CAVEATS, SCALES
+from fedmoe.environment import EXACT_FIELDS, common_fingerprint, drift, drift_meaning
+from fedmoe.results import read_environments
 from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
 
 #: The papers whose targets the report lists, in this order (a paper without measured rows says so).
@@ -37,6 +40,9 @@ class TargetRow:
     ``verdict`` is :func:`fedmoe.stats.judge_target`'s word (MET / FAILED / UNRESOLVED); ``command`` is the one
     command that regenerates the measurement; ``scale`` and ``digits`` format ``measured`` (100: a score fraction
     shown in points; 1: a ratio such as a speedup shown as is); ``seeds`` is how many seeds it rests on.
+    ``run_scale`` is the kit scale its runs were made at (:data:`fedmoe.config.SCALES`; None: not recorded): at a
+    scale whose verdicts are no evidence (smoke, a plumbing check; classroom) the row shows its verdict labelled
+    so (:attr:`labelled_verdict`) in :meth:`summary` and in the report, while ``verdict`` stays the bare word.
     """
 
     paper: str
@@ -49,15 +55,28 @@ class TargetRow:
     seeds: int | None = None
     scale: float = 100.0
     digits: int = 1
+    run_scale: str | None = None
+
+    @property
+    def labelled_verdict(self) -> str:
+        """The verdict with its scale's caveat (``MET (smoke: plumbing check)``), or the bare word at a scale
+        whose verdicts are evidence."""
+        caveat = SCALE_CAVEATS.get(self.run_scale)
+        return f"{self.verdict} ({caveat})" if caveat else self.verdict
 
     def summary(self) -> str:
-        """One printable line: the verdict, the target, the measured interval in the row's units and the goal."""
-        return f"{self.verdict:<10} {self.target}: {self.measured.format(self.scale, self.digits)} (goal {self.goal})"
+        """One printable line: the verdict (labelled by its scale), the target, the measured interval in the row's
+        units and the goal."""
+        return (f"{self.labelled_verdict:<10} {self.target}: {self.measured.format(self.scale, self.digits)} "
+                f"(goal {self.goal})")
 
     def __post_init__(self):
         if self.verdict not in (MET, FAILED, UNRESOLVED):
             raise ValueError(f"TargetRow {self.target!r}: verdict must be MET, FAILED or UNRESOLVED (from "
                              f"fedmoe.stats.judge_target), got {self.verdict!r}")
+        if self.run_scale is not None and self.run_scale not in SCALES:
+            raise ValueError(f"TargetRow {self.target!r}: run_scale must be one of {SCALES} or None, got "
+                             f"{self.run_scale!r}")
 
 
 @dataclass(frozen=True)
@@ -76,11 +95,14 @@ class HeadToHeadRow:
 
 @dataclass(frozen=True)
 class Section:
-    """What one study contributes to the report: its target rows and its head-to-head rows."""
+    """What one study contributes to the report: its target rows, its head-to-head rows and the environment
+    fingerprint of the runs they were measured on (:func:`fedmoe.environment.common_fingerprint`; ``None`` for a
+    section written before fingerprints were recorded)."""
 
     study: str
     targets: tuple[TargetRow, ...] = ()
     head_to_head: tuple[HeadToHeadRow, ...] = ()
+    environment: dict | None = None
 
 
 def _interval_to_json(interval: Interval) -> dict:
@@ -94,11 +116,12 @@ def _interval_from_json(data: dict) -> Interval:
 
 
 def save_section(folder: str | Path, study: str, targets: Sequence[TargetRow] = (),
-                 head_to_head: Sequence[HeadToHeadRow] = ()) -> Path:
+                 head_to_head: Sequence[HeadToHeadRow] = (), environment: dict | None = None) -> Path:
     """Write ``<folder>/<study>.json`` (e.g. ``figures/report/flame.json``) and return its path.
 
     ``study`` is a lower-case name (letters, digits, ``-``, ``_``). Rows keep their order (the report lists
-    targets in the order a study gives them).
+    targets in the order a study gives them). ``environment`` is the fingerprint of the runs behind the rows;
+    by default, that of every run folder this process has read (:data:`fedmoe.results.READ_RUNS`).
     """
     if not _STUDY_NAME.fullmatch(study):
         raise ValueError(f"study name {study!r} must be lower-case letters, digits, '-' or '_' (it names the file)")
@@ -106,6 +129,7 @@ def save_section(folder: str | Path, study: str, targets: Sequence[TargetRow] = 
         "study": study,
         "targets": [{**asdict(row), "measured": _interval_to_json(row.measured)} for row in targets],
         "head_to_head": [{**asdict(row), "score": _interval_to_json(row.score)} for row in head_to_head],
+        "environment": environment if environment is not None else common_fingerprint(read_environments()),
     }
     path = Path(folder) / f"{study}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +151,7 @@ def load_sections(folder: str | Path) -> list[Section]:
                             for row in data["targets"])
             rows = tuple(HeadToHeadRow(**{**row, "score": _interval_from_json(row["score"])})
                          for row in data["head_to_head"])
-            sections.append(Section(data["study"], targets, rows))
+            sections.append(Section(data["study"], targets, rows, data.get("environment")))
         except (KeyError, TypeError) as error:
             raise ValueError(f"{path} is not a report section written by fedmoe.report.save_section "
                              f"({error}); regenerate it with its study's benchmark") from error
@@ -172,7 +196,7 @@ def _paper_tables(sections: Sequence[Section]) -> list[str]:
             lines.append("Not yet measured with seeds.")
             continue
         lines += _table(["target", "measured", "goal", "verdict", "seeds", "command"], [
-            [r.target, r.measured.format(r.scale, r.digits), r.goal, f"**{r.verdict}**",
+            [r.target, r.measured.format(r.scale, r.digits), r.goal, f"**{r.labelled_verdict}**",
              "—" if r.seeds is None else str(r.seeds), f"`{r.command}`"] for r in rows])
         notes = [r for r in rows if r.note]
         if notes:
@@ -206,8 +230,57 @@ def _head_to_head_table(sections: Sequence[Section]) -> list[str]:
     return lines[:-1]
 
 
+#: The fingerprint fields the report's environment table shows, in order.
+_ENV_COLUMNS = ("runs", "python", "torch", "transformers", "peft", "numpy", "cpu_capability", "torch_threads",
+                "device", "lock_sha256", "lock_matches")
+
+
+def _environment_table(sections: Sequence[Section]) -> list[str]:
+    """One row per section: the fingerprint of the runs behind it (a list where its runs disagreed)."""
+    def cell(env: dict | None, key: str) -> str:
+        if env is None:
+            return "not recorded" if key == "runs" else "—"
+        value = env.get(key)
+        return "/".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    return _table(["study", *_ENV_COLUMNS], [[s.study, *(cell(s.environment, k) for k in _ENV_COLUMNS)]
+                                              for s in sections])
+
+
+def environment_drift(sections: Sequence[Section], current: dict) -> dict[str, list[str]]:
+    """``{study: lines}`` for every section whose recorded fingerprint differs from ``current``
+    (:func:`fedmoe.environment.drift`; a section with no fingerprint gives one line saying so)."""
+    out = {}
+    for section in sections:
+        if section.environment is None:
+            out[section.study] = ["no environment recorded (the section predates fingerprints)"]
+        elif lines := drift(section.environment, current, EXACT_FIELDS):
+            out[section.study] = lines
+    return out
+
+
+def drift_notice(sections: Sequence[Section], current: dict) -> str:
+    """What to print before a reproduction: each section whose runs' environment differs from ``current``, how,
+    and what that means for its numbers (one line when every section matches)."""
+    drifted = environment_drift(sections, current)
+    if not drifted:
+        return f"environment: matches the one recorded by all {len(sections)} report sections"
+    lines = [f"environment: {len(drifted)} of {len(sections)} report sections were measured elsewhere:"]
+    for study, diffs in drifted.items():
+        lines.append(f"  {study}: " + "; ".join(diffs))
+    known = sorted({line for diffs in drifted.values() for line in diffs if not line.startswith("no environment")})
+    lines.append("  " + (drift_meaning(known) if known else "Sections that record no environment cannot say whether "
+                         "their scores reproduce exactly: regenerate them with `make reproduce`."))
+    if current.get("lock") and not current["lock"]["matches"]:
+        names = ", ".join(current["lock"]["differs"])
+        lines.append(f"  the installed packages differ from reproduce/requirements.lock ({names}): `make setup` "
+                     f"installs the locked set")
+    return "\n".join(lines)
+
+
 def render_report(sections: Sequence[Section], command: str = REPORT_COMMAND) -> str:
-    """The markdown of ``figures/REPORT.md``: a generated-file header, each paper's targets, the head-to-head."""
+    """The markdown of ``figures/REPORT.md``: a generated-file header, each paper's targets, the head-to-head and
+    the environment each section's runs came from."""
     sections = sorted(sections, key=lambda s: s.study)
     studies = ", ".join(f"`{s.study}`" for s in sections) or "none yet"
     lines = [
@@ -227,6 +300,14 @@ def render_report(sections: Sequence[Section], command: str = REPORT_COMMAND) ->
         "Scores compare only within one benchmark (suite and split · base model · fleet); each study runs its own.",
         "",
         *_head_to_head_table(sections),
+        "",
+        "## Environments",
+        "",
+        "The fingerprint of the runs behind each section (`environment.json` of every run it read; "
+        "`fedmoe.environment`). Scores reproduce exactly only where these agree; elsewhere the same verdicts and "
+        "every score inside its interval are what to expect (README, *Seeds, intervals and reproducibility*).",
+        "",
+        *_environment_table(sections),
     ]
     return "\n".join(lines) + "\n"
 

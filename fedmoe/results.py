@@ -11,14 +11,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
-import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fedmoe.environment import environment
 
 CONFIG_FILE = "config.yaml"
 ROUNDS_FILE = "rounds.jsonl"
@@ -249,8 +249,9 @@ class RunFolder:
 
     # --- environment ----------------------------------------------------------------------------------
     def write_environment(self, device: str, dtype: str = "float32") -> dict:
-        """Write ``environment.json``: library versions, torch threads and CPU capability, the machine and the
-        training device and dtype of this session (a resumed run records the session that resumed it)."""
+        """Write ``environment.json`` (:func:`fedmoe.environment.environment`: library versions, torch threads,
+        CPU capability, device, dtype, the lock's status) of this session (a resumed run records the session that
+        resumed it)."""
         env = environment(device, dtype)
         atomic_write(self.environment_path, lambda fh: fh.write(json.dumps(env, indent=2)))
         return env
@@ -266,36 +267,26 @@ def config_text(cfg) -> str:
         return path.read_text()
 
 
-def environment(device: str, dtype: str = "float32") -> dict[str, Any]:
-    """What a run's numbers may depend on beyond its config (see :meth:`RunFolder.write_environment`):
-    ``device`` and ``dtype`` as resolved (``auto`` already replaced by the device used), and the GPU's name
-    when the device is a CUDA one."""
-    from importlib import metadata
-
-    import torch
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "python": sys.version.split()[0],
-        **{name: version(name) for name in ("torch", "transformers", "peft", "flwr", "numpy")},
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "device": device,
-        "dtype": dtype,
-        "gpu": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None,
-    }
+#: Run folders whose results this process has read (:func:`load_rounds`): a report section records their
+#: environment fingerprints (:func:`read_environments`).
+READ_RUNS: set[Path] = set()
 
 
 def load_rounds(folder: str | Path) -> list[dict]:
-    """Every round record of a run, in order (round 0 is the evaluation before training)."""
+    """Every round record of a run, in order (round 0 is the evaluation before training); the folder joins
+    :data:`READ_RUNS`."""
+    READ_RUNS.add(Path(folder).resolve())
     return RunFolder(folder).rounds()
+
+
+def read_environments(folders: Iterable[str | Path] | None = None) -> list[dict]:
+    """The ``environment.json`` of each folder (default: every folder in :data:`READ_RUNS`) that has one."""
+    found = []
+    for folder in sorted(READ_RUNS if folders is None else {Path(f).resolve() for f in folders}):
+        path = RunFolder(folder).environment_path
+        if path.is_file():
+            found.append(json.loads(path.read_text()))
+    return found
 
 
 def load_config_dict(folder: str | Path) -> dict:

@@ -4,6 +4,7 @@ The notebooks write one section per study (``make reproduce``: ``figures/report/
 the report, so re-running one study updates its rows and keeps every other study's; see
 ``fedmoe.report.save_section``); this script renders them into ``figures/REPORT.md`` and replaces README.md's text between
 ``<!-- report:start -->`` and ``<!-- report:end -->`` with the report's target tables, so no result is typed.
+Before it writes, it says which sections were measured in an environment other than this one (and what that means).
 
     python reproduce/make_report.py --sections figures/report   # write the report, update the README
     python reproduce/make_report.py --readme-only               # re-paste the README from the committed report
@@ -16,7 +17,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedmoe.report import README_COMMAND, REPORT_COMMAND, load_sections, render_report, sync_readme
+from fedmoe.environment import environment
+from fedmoe.report import (
+    README_COMMAND,
+    REPORT_COMMAND,
+    drift_notice,
+    load_sections,
+    render_report,
+    sync_readme,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +54,10 @@ def _run(args: argparse.Namespace) -> int:
     report_path, readme_path = Path(args.report), Path(args.readme)
 
     if not (args.readme_only or args.check):
+        sections = load_sections(args.sections)
+        print(drift_notice(sections, environment()))
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(render_report(load_sections(args.sections)))
+        report_path.write_text(render_report(sections))
         print(f"wrote {report_path}")
     if not report_path.exists():
         raise FileNotFoundError(f"{report_path} not found: generate it with `{REPORT_COMMAND}`")

@@ -14,7 +14,7 @@ LAYERS = [
     {"methods"},
     {"fl"},
     {"train"},
-    {"moe", "eval", "data", "config", "results", "stats", "plots", "device"},
+    {"moe", "eval", "data", "config", "results", "stats", "plots", "device", "environment"},
 ]
 
 
