@@ -1,24 +1,105 @@
 """Matplotlib figures from run folders: score against rounds and against simulated time, one line per run or
 one mean line per method with its 95% band over seeds; the clients that failed each round; the cost
-model's predictions against what a CUDA run measured."""
+model's predictions against what a CUDA run measured.
+
+Scores are stored as fractions in [0, 1] and drawn in points (0-100), as the tables and the report print them,
+on an axis that names the runs' metric (ROUGE-L, exact match, accuracy: the metric keys their evaluated rounds
+carry); a band or error bar of a score is clipped to [0, 100], the range the score cannot leave (a Student-t
+interval over few seeds can). Rounds get integer ticks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
+from fedmoe.data.records import METRICS
 from fedmoe.results import curve, load_config_dict, load_rounds
-from fedmoe.stats import mean_ci
+from fedmoe.stats import Interval, mean_ci
 
 X_LABELS = {"round": "round", "sim_time": "simulated time (s)", "wall_time": "wall-clock time (s)"}
+#: Axis names of the evaluation metrics (``fedmoe.data.records.METRICS``).
+METRIC_NAMES = {"rouge_l": "ROUGE-L", "exact_match": "exact match", "mc_accuracy": "accuracy"}
+#: Keys of an evaluated round that hold a score in [0, 1] (the combined ``score`` and each metric's mean).
+SCORE_KEYS = ("score", *METRICS)
+#: A score fraction times POINTS is the score in points; SCORE_RANGE is the range of a score in points.
+POINTS = 100.0
+SCORE_RANGE = (0.0, 100.0)
+SEED_BANDS = "mean, 95% CI over seeds"
 
 
 def run_label(folder: str | Path) -> str:
     """A legend label for a run: its method name."""
     return load_config_dict(folder)["method"]
+
+
+def metric_name(folders: Iterable[str | Path]) -> str:
+    """The name of the metric the runs' ``score`` is, for an axis: the metrics their first evaluated rounds carry
+    (the evaluation writes the mean of each metric its test set holds), joined by " + " when a test set mixes
+    several; "score" when none is recorded."""
+    found: list[str] = []
+    for folder in folders:
+        record = next((r for r in load_rounds(folder) if "score" in r), {})
+        found += [m for m in METRICS if m in record and m not in found]
+    return " + ".join(METRIC_NAMES[m] for m in found) or "score"
+
+
+def score_label(folders: Iterable[str | Path], what: str = "", stat: str = SEED_BANDS) -> str:
+    """An axis label for the runs' score in points, e.g. "final exact match, points" above "(mean, 95% CI over
+    seeds)": ``what`` qualifies the score, ``stat`` (the second line, "" for none) says what the drawn value and
+    its bar are."""
+    return _with_stat(f"{what} {metric_name(folders)}".strip() + ", points", stat)
+
+
+def _with_stat(name: str, stat: str) -> str:
+    """``name`` with ``stat`` in brackets on a second line (an axis label stays short enough for its axis)."""
+    return f"{name}\n({stat})" if stat else name
+
+
+def score_points(interval: Interval) -> tuple[float, float, float]:
+    """A score interval (fractions) as ``(mean, lo, hi)`` in points, the bounds clipped to :data:`SCORE_RANGE`
+    (nan bounds stay nan: a single seed has no interval)."""
+    lo, hi = np.clip([interval.lo * POINTS, interval.hi * POINTS], *SCORE_RANGE)
+    return interval.mean * POINTS, float(lo), float(hi)
+
+
+def score_bars(intervals: Sequence[Interval]) -> tuple[list[float], list[list[float]] | None]:
+    """Bar heights and ``yerr`` for score intervals: means in points and the distances to the clipped bounds
+    (:func:`score_points`), ``[[below...], [above...]]`` as ``bar`` and ``errorbar`` take them; ``None`` for the
+    error bars when no interval is defined (a single seed)."""
+    points = [score_points(iv) for iv in intervals]
+    means = [m for m, _, _ in points]
+    if not all(iv.defined for iv in intervals):
+        return means, None
+    return means, [[m - lo for m, lo, _ in points], [hi - m for m, _, hi in points]]
+
+
+def _scale(y: str) -> float:
+    """The factor from a round key's stored value to its plotted value (points for a score)."""
+    return POINTS if y in SCORE_KEYS else 1.0
+
+
+def _bounded(artist, y: str):
+    """``artist`` with sticky y edges at the ends of :data:`SCORE_RANGE` when ``y`` is a score, so autoscaling
+    stops at 0 or 100 instead of padding the axis past a range the score cannot leave (shared axes included)."""
+    if y in SCORE_KEYS:
+        artist.sticky_edges.y[:] = SCORE_RANGE
+    return artist
+
+
+def integer_ticks(axis) -> None:
+    """Ticks on whole numbers only, for an axis of counts (rounds, clients, experts): ``integer_ticks(ax.xaxis)``."""
+    axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 5, 10], integer=True))
+
+
+def _y_label(folders: Sequence[str | Path], y: str, stat: str) -> str:
+    """The y axis label of ``y``: a score names its metric and points, any other key is its own name."""
+    if y == "score":
+        return score_label(folders, stat=stat)
+    return _with_stat(f"{METRIC_NAMES[y]}, points" if y in METRIC_NAMES else y, stat)
 
 
 def plot_runs(
@@ -31,17 +112,19 @@ def plot_runs(
     target: float | None = None,
     title: str | None = None,
 ):
-    """Plot ``y`` against ``x`` for each run folder on one axis; returns the figure."""
+    """Plot ``y`` against ``x`` for each run folder on one axis (a score in points); ``target``: a dashed line at
+    that value of ``y`` as the rounds store it (a score as a fraction); returns the figure."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.6))
     labels = list(labels) if labels is not None else [run_label(f) for f in folders]
+    factor = _scale(y)
     for folder, label in zip(folders, labels, strict=True):
         xs, ys = curve(folder, x, y)
         if not xs:
             raise ValueError(f"{folder} has no rounds with {y!r} to plot (fix: pick --y among the keys of its "
                              "rounds.jsonl, e.g. score, or finish the run)")
-        ax.plot(xs, ys, marker="o", ms=3, label=label)
-    return _decorate(ax, x, y, target, title)
+        _bounded(ax.plot(xs, np.asarray(ys) * factor, marker="o", ms=3, label=label)[0], y)
+    return _decorate(ax, x, y, _y_label(folders, y, ""), None if target is None else target * factor, title)
 
 
 def plot_seed_bands(
@@ -54,19 +137,25 @@ def plot_seed_bands(
     title: str | None = None,
 ):
     """One line per group (a method's runs over seeds): the mean of ``y`` at each evaluation and its 95%
-    Student-t band over seeds; ``x`` is the mean over seeds (simulated time differs from seed to seed)."""
+    Student-t band over seeds (a score in points, its band clipped to :data:`SCORE_RANGE`); ``x`` is the mean
+    over seeds (simulated time differs from seed to seed); ``target`` as in :func:`plot_runs`."""
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.6))
+    factor = _scale(y)
     for label, folders in groups.items():
         curves = [curve(f, x, y) for f in folders]
         n = min(len(c[0]) for c in curves)
         xs = np.mean([c[0][:n] for c in curves], axis=0)
         intervals = [mean_ci([c[1][i] for c in curves]) for i in range(n)]
-        (line,) = ax.plot(xs, [iv.mean for iv in intervals], marker="o", ms=3, label=f"{label} (n={len(folders)})")
+        means = np.array([iv.mean for iv in intervals]) * factor
+        line = _bounded(ax.plot(xs, means, marker="o", ms=3, label=f"{label} (n={len(folders)})")[0], y)
         if len(folders) > 1:
-            ax.fill_between(xs, [iv.lo for iv in intervals], [iv.hi for iv in intervals], color=line.get_color(),
-                            alpha=0.18, lw=0)
-    return _decorate(ax, x, f"{y} (mean, 95% CI over seeds)", target, title)
+            band = np.array([[iv.lo, iv.hi] for iv in intervals]) * factor
+            if y in SCORE_KEYS:
+                band = np.clip(band, *SCORE_RANGE)
+            _bounded(ax.fill_between(xs, band[:, 0], band[:, 1], color=line.get_color(), alpha=0.18, lw=0), y)
+    every = [f for folders in groups.values() for f in folders]
+    return _decorate(ax, x, y, _y_label(every, y, SEED_BANDS), None if target is None else target * factor, title)
 
 
 def measured_vs_predicted(folder: str | Path) -> list[dict[str, float]]:
@@ -126,17 +215,25 @@ def plot_failures(folder: str | Path, *, ax=None, title: str | None = None):
             ax.annotate(f"{r['retries']} retries", (x, height), ha="center", va="bottom", fontsize=7)
     ax.set_xlabel("round")
     ax.set_ylabel("failed clients")
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    integer_ticks(ax.yaxis)
     if title:
         ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
 
 
-def _decorate(ax, x: str, ylabel: str, target: float | None, title: str | None):
+def _decorate(ax, x: str, y: str, ylabel: str, target: float | None, title: str | None):
+    """Labels, the target line (in plotted units), grid, legend; integer ticks on a round axis. A score axis whose
+    points all lie at one value (a model that learned nothing, e.g. at the smoke scale) shows the whole score range
+    instead of matplotlib's small span around that value, which would tick negative scores (an axis shared with
+    others is left to autoscale over all of them)."""
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
+    if y in SCORE_KEYS and ax.dataLim.height == 0 and len(ax.get_shared_y_axes().get_siblings(ax)) == 1:
+        ax.set_ylim(*SCORE_RANGE)
     ax.set_xlabel(X_LABELS.get(x, x))
+    if x == "round":
+        integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)

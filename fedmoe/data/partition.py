@@ -167,11 +167,16 @@ def domain_mix(parts: Sequence[Sequence[Example]]) -> tuple[list[str], np.ndarra
 
 
 def plot_partition(parts: Sequence[Sequence[Example]], ax: Axes | None = None) -> Figure:
-    """A stacked bar per client showing how many examples of each domain it holds."""
+    """A stacked bar per client showing how many examples of each domain it holds; returns ``ax``'s figure.
+
+    Without ``ax`` the figure is made through pyplot, so a notebook's inline backend shows it (a bare
+    ``Figure`` never displays); scripts that draw many should ``plt.close(fig)`` when done.
+    """
+    from matplotlib import pyplot as plt
+
     domains, counts = domain_mix(parts)
     if ax is None:
-        fig = Figure(figsize=(max(4.0, 0.5 * len(parts) + 2.5), 3.5), layout="constrained")
-        ax = fig.add_subplot()
+        _, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(parts) + 2.5), 3.5), layout="constrained")
     fig = ax.get_figure()
     clients = np.arange(len(parts))
     colors = _colors(len(domains))

@@ -54,21 +54,30 @@ def cached_json(path: Path, compute: Callable[[], dict]) -> dict:
 
 
 def compute_all(score: Callable[[str | Path], dict], folders: Sequence[str | Path], filename: str,
-                jobs: int | None = None) -> None:
+                jobs: int | None = None, progress: bool = False) -> None:
     """Run ``score`` (which caches its result as ``<folder>/<filename>``) on every folder not yet scored, in
-    ``jobs`` worker processes (default :func:`~fedmoe.studies.grid.default_jobs`) with one torch thread each."""
+    ``jobs`` worker processes (default :func:`~fedmoe.studies.grid.default_jobs`) with one torch thread each;
+    ``progress``: one bar over the folders (those already scored count as done), named after ``filename``."""
     import multiprocessing as mp
     import os
     from concurrent.futures import ProcessPoolExecutor
 
+    from tqdm.auto import tqdm
+
     from fedmoe.studies.grid import default_jobs
 
     todo = [f for f in folders if not (Path(f) / filename).is_file()]
+    if not todo:
+        return
     jobs = min(jobs or default_jobs(), len(todo))
-    if jobs <= 1:
+    bar = tqdm(total=len(folders), initial=len(folders) - len(todo), desc=Path(filename).stem, disable=not progress)
+    if jobs == 1:
         for folder in todo:
             score(folder)
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        list(pool.map(score, todo))
+            bar.update()
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            for _ in pool.map(score, todo):
+                bar.update()
+    bar.close()

@@ -19,7 +19,7 @@ from sklearn.decomposition import PCA
 from torch import nn
 
 from fedmoe.methods.flux.profiling import Profile
-from fedmoe.moe.layers import moe_layers
+from fedmoe.moe.layers import MoELayer, moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS, merge_experts
 
 
@@ -30,6 +30,12 @@ def merge_alpha(profile: Profile, weights: str = "freq_attention") -> torch.Tens
     if weights == "frequency":
         return profile.freq.clone()
     raise ValueError(f"merge weights {weights!r}; choose freq_attention or frequency")
+
+
+def expert_vectors(layer: MoELayer, experts: Sequence[int]) -> torch.Tensor:
+    """[n, D]: the weights of ``layer``'s expert slots ``experts``, both fused tensors flattened into one row
+    each: the points :func:`cluster_experts` groups (a merged slot's row lies among its members')."""
+    return torch.cat([getattr(layer.experts, name).detach()[list(experts)].flatten(1) for name in EXPERT_PARAMS], 1)
 
 
 def cluster_experts(flat: np.ndarray, k: int, *, pca_dim: int = 4, seed: int = 0) -> list[list[int]]:
@@ -81,8 +87,8 @@ def plan_merge(model: nn.Module, tuning: Sequence[Sequence[int]], budget: Sequen
             layer_dropped = sorted(order[slots - 1:])
             layer_groups.append(layer_dropped)
         elif non:
-            flat = torch.cat([getattr(layer.experts, name).detach()[non].flatten(1) for name in EXPERT_PARAMS], 1)
-            for g in cluster_experts(flat.double().numpy(), slots, pca_dim=pca_dim, seed=seed):
+            flat = expert_vectors(layer, non).double().numpy()
+            for g in cluster_experts(flat, slots, pca_dim=pca_dim, seed=seed):
                 layer_groups.append([non[i] for i in g])
         groups.append(sorted(layer_groups, key=lambda g: g[0]))
         dropped.append(layer_dropped)
