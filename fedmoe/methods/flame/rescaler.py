@@ -55,21 +55,40 @@ def _routed_norm(out: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def routed_norms(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[float]:
+    """Per MoE layer, the norm of the routed-experts output over the non-padding tokens of ``batch``, after any
+    rescaler already applied (:meth:`Rescaler.applied`): what a client loses at a lower top-k_i, and what
+    :func:`calibrate_scales` matches. One no-grad forward pass in eval mode; the train/eval mode is restored."""
+    layers = moe_layers(model)
+    valid = batch["attention_mask"].reshape(-1).bool()
+    norms = [0.0] * len(layers)
+
+    def measure(i):
+        def hook(_m, _inp, out):
+            norms[i] = _routed_norm(out, valid)
+        return hook
+
+    was_training = model.training
+    handles = [layer.block.experts.register_forward_hook(measure(layer.index)) for layer in layers]
+    model.eval()
+    try:
+        model(**{k: batch[k] for k in ("input_ids", "attention_mask")})
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return norms
+
+
+@torch.no_grad()
 def calibrate_scales(model: nn.Module, batch: dict[str, torch.Tensor], full_top_k: int, top_k: int) -> list[float]:
     """Per MoE layer, ``||routed output at top-k|| / ||routed output at top-k_i||`` on ``batch`` (module doc).
 
     Runs the model twice in eval mode without gradients; its top-k and train/eval mode are restored.
     """
     layers = moe_layers(model)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     valid = batch["attention_mask"].reshape(-1).bool()
-    reference = [0.0] * len(layers)
     scales = [1.0] * len(layers)
-
-    def measure(i):
-        def hook(_m, _inp, out):
-            reference[i] = _routed_norm(out, valid)
-        return hook
 
     def match(i):
         def hook(_m, _inp, out):
@@ -79,16 +98,17 @@ def calibrate_scales(model: nn.Module, batch: dict[str, torch.Tensor], full_top_
         return hook
 
     was_training, original_k = model.training, layers[0].top_k
-    model.eval()
     try:
-        for k, make in ((full_top_k, measure), (top_k, match)):
-            set_top_k(model, k)
-            handles = [layer.block.experts.register_forward_hook(make(layer.index)) for layer in layers]
-            try:
-                model(**inputs)
-            finally:
-                for h in handles:
-                    h.remove()
+        set_top_k(model, full_top_k)
+        reference = routed_norms(model, batch)
+        set_top_k(model, top_k)
+        model.eval()
+        handles = [layer.block.experts.register_forward_hook(match(layer.index)) for layer in layers]
+        try:
+            model(**{k: batch[k] for k in ("input_ids", "attention_mask")})
+        finally:
+            for h in handles:
+                h.remove()
     finally:
         set_top_k(model, original_k)
         model.train(was_training)
