@@ -74,6 +74,16 @@ SCALES: dict[str, ZooScale] = {
     "smoke": ZooScale(vocab_size=320, hidden_size=32, intermediate_size=32, num_layers=2, num_experts=4, top_k=2,
                       num_heads=2, n_docs=600, n_entities=24, steps=30, batch_size=8, seq_len=64, lr=3e-3,
                       warmup_steps=5),
+    # under a CPU minute: a half-width model on a fifth of the corpus, enough for the quickstart to learn
+    # visibly at the classroom scale (fedmoe.config.SCALES) in a few minutes
+    "classroom": ZooScale(vocab_size=512, hidden_size=64, intermediate_size=64, num_layers=2, num_experts=4,
+                          top_k=2, num_heads=2, n_docs=4000, n_entities=24, steps=300, batch_size=16, seq_len=128,
+                          lr=3e-3, warmup_steps=20),
+    # about 10 CPU seconds: 8 experts trained long enough that removing a domain's own top experts hurts that
+    # domain more than removing others' (functional ratio about 2-4 at seeds 0-2); the learn notebooks' model
+    "learn": ZooScale(vocab_size=512, hidden_size=64, intermediate_size=32, num_layers=2, num_experts=8, top_k=2,
+                      num_heads=4, n_docs=2000, n_entities=24, steps=200, batch_size=16, seq_len=64, lr=3e-3,
+                      warmup_steps=20),
     # a few CPU minutes: memorises the world's facts; the base of the default experiments
     "default": ZooScale(vocab_size=1024, hidden_size=128, intermediate_size=128, num_layers=4, num_experts=8,
                         top_k=2, num_heads=4, n_docs=20000, n_entities=24, steps=600, batch_size=32, seq_len=128,
@@ -293,6 +303,14 @@ def _routing_by_domain(model, batches: dict[str, torch.Tensor]) -> dict[str, tor
                 model(input_ids=rows[i: i + 32])
         freqs[domain] = rec.frequencies().float()  # [L, E], rows sum to top_k
     return freqs
+
+
+def domain_routing(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, seed: int = 0, *,
+                   n_docs: int = 600, n_entities: int = 24, seq_len: int = 128) -> dict[str, torch.Tensor]:
+    """{domain: routing frequencies f [L, E] (rows sum to top_k)} on the held-out documents of each domain:
+    the distributions whose divergence :func:`specialisation` reports as ``jsd`` (same documents, same rows),
+    for plotting which experts each domain uses."""
+    return _routing_by_domain(model, _domain_batches(tokenizer, seed, n_docs, n_entities, seq_len))
 
 
 def _mean_pairwise_jsd(freqs: dict[str, torch.Tensor]) -> float:
