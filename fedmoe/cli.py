@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
+
+from fedmoe.config import SCALES
+from fedmoe.errors import FedmoeError
 
 
 def _run(args) -> int:
     from fedmoe.config import load_config
-    from fedmoe.experiment import check_config, write_summary
+    from fedmoe.experiment import check_config, check_run_name, write_summary
     from fedmoe.results import RunFolder
 
     overrides = list(args.set)
@@ -19,8 +21,10 @@ def _run(args) -> int:
     configs = [check_config(load_config(args.config, overrides + ([f"seed={s}"] if s is not None else []),
                                         scale=args.scale))
                for s in seeds]  # every config checked before the first run starts
-    for seed, cfg in zip(seeds, configs, strict=True):
-        name = f"{args.name}-seed{seed}" if args.name and len(seeds) > 1 else args.name
+    names = [f"{args.name}-seed{seed}" if args.name and len(seeds) > 1 else args.name for seed in seeds]
+    for name in names:
+        check_run_name(name)
+    for cfg, name in zip(configs, names, strict=True):
         folder = _run_one(cfg, args, name)
         print(f"results: {folder}")
         if RunFolder(folder).has_summary():
@@ -44,26 +48,15 @@ def _parse_seeds(text: str | None, overrides: list[str]) -> list[int | None]:
 
 
 def _run_one(cfg, args, name: str | None) -> Path:
-    """Run one config; if it fails before its first checkpoint, remove the folders this command created."""
+    """Run one config in the chosen engine (a run that fails before its first checkpoint removes what it
+    wrote, while it holds its folder's lock: :func:`fedmoe.experiment.run`)."""
     from fedmoe.engines import run
-    from fedmoe.experiment import run_id
-    from fedmoe.results import RunFolder
 
-    folder = Path(args.out) / (name or run_id(cfg) + ("-flower" if args.engine == "flower" else ""))
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        if args.engine == "flower":
-            from fedmoe.engines.flower import run_flower_simulation
+    if args.engine == "flower":
+        from fedmoe.engines.flower import run_flower_simulation
 
-            return run_flower_simulation(cfg, num_supernodes=args.supernodes, out_dir=args.out, run_name=name)
-        return run(cfg, out_dir=args.out, run_name=name, resume=not args.no_resume, stop_after=args.stop_after)
-    except BaseException:
-        if created and not RunFolder(folder).checkpoint_path.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            for parent in created[1:]:
-                if parent.is_dir() and not any(parent.iterdir()):
-                    parent.rmdir()
-        raise
+        return run_flower_simulation(cfg, num_supernodes=args.supernodes, out_dir=args.out, run_name=name)
+    return run(cfg, out_dir=args.out, run_name=name, resume=not args.no_resume, stop_after=args.stop_after)
 
 
 def _plot(args) -> int:
@@ -91,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML config, e.g. reproduce/configs/quickstart.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set fed.rounds=5 (repeatable)")
-    p.add_argument("--scale", choices=["smoke", "default", "paper"], help="size preset")
+    p.add_argument("--scale", choices=SCALES, help="size preset")
     p.add_argument("--out", default="results", help="parent folder of run folders (default: results)")
     p.add_argument("--name", help="run folder name (default: derived from the config)")
     p.add_argument("--engine", choices=["inprocess", "flower"], default="inprocess")
@@ -116,13 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fedmoe`` command: a bad input ends in one ``fedmoe: error: ...`` line and exit 2."""
+    """Entry point of the ``fedmoe`` command: a bad input, and every error the kit raises on purpose (a
+    :class:`~fedmoe.errors.FedmoeError`), ends in one ``fedmoe: error: ...`` line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, OSError) as exc:  # the kit's errors name the problem and the fix
+    except (FedmoeError, KeyError, ValueError, OSError) as exc:  # the kit's errors name the problem and the fix
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"fedmoe: error: {message}", file=sys.stderr)
+        print("fedmoe: error: " + " ".join(str(message).split("\n")), file=sys.stderr)  # one line, always
         return 2
 
 

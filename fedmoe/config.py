@@ -2,8 +2,9 @@
 
 A run is fully described by a :class:`RunConfig`. YAML files under ``reproduce/configs/`` hold named
 configs; the CLI (``--set a.b=c``) and papermill parameters override single fields. Sizes are data: a
-file's ``scales:`` block holds the sizes of each scale (``smoke``, ``default``, ``paper``); a scale the
-file gives no block for takes the generic :data:`SCALE_PRESETS`. Precedence, lowest first::
+file's ``scales:`` block holds the sizes of each scale (:data:`SCALES`: ``smoke``, ``classroom``, ``default``,
+``paper``); a scale the file gives no block for takes the generic :data:`SCALE_PRESETS`. Precedence, lowest
+first::
 
     dataclass defaults < file top level < the file's block for the scale (else the generic preset) < overrides
 
@@ -21,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,7 +31,14 @@ from typing import Any
 
 import yaml
 
-SCALES = ("smoke", "default", "paper")
+#: The size presets, smallest first: ``smoke`` checks the plumbing in seconds (its scores teach nothing),
+#: ``classroom`` shows a study learning in a few CPU minutes, ``default`` is what ``make reproduce`` runs,
+#: ``paper`` runs a real checkpoint. Every ``--scale`` choice of the CLI and the scripts reads this tuple.
+SCALES = ("smoke", "classroom", "default", "paper")
+#: What a verdict measured at a scale is worth, for the scales whose verdicts are not evidence: report rows
+#: label their verdicts with it (:class:`fedmoe.report.TargetRow`; in notebooks also
+#: :func:`fedmoe.studies.grid.print_scale_banner`).
+SCALE_CAVEATS = {"smoke": "smoke: plumbing check", "classroom": "classroom scale"}
 
 
 class ConfigError(ValueError):
@@ -48,10 +57,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Which task suite or dataset, its sizes, and how it is split over clients."""
+    """Which task suite or dataset, its sizes, and how it is split over clients.
+
+    ``source``: a real dataset (Hub name, local file, or a folder or glob of files, e.g. MMLU's per-subject
+    CSVs) instead of the offline ``suite``; alone it is shuffled and cut 80/20. ``test_source``: the dataset's
+    published test split, scored as is (``n_test`` of its rows, every row when it holds exactly that many; more
+    than it holds is an error) while training uses ``source`` alone (likewise ``n_train`` of its rows).
+    ``kind``: the dataset kind (:data:`fedmoe.data.loaders.KINDS`) of both sources, ``None`` to infer it from
+    the columns. See :func:`fedmoe.data.task_data.load_task_data`."""
 
     suite: str = "gsm"
     source: str | None = None
+    test_source: str | None = None
+    kind: str | None = None
     n_train: int = 1200
     n_test: int = 200
     partition: str = "dirichlet"
@@ -160,7 +178,8 @@ class RunConfig:
 #: Fields added after run folders were published, with the default that leaves a run exactly as before: while
 #: at it they are left out of a run's identity, so adding them renames no existing run (a new field goes here
 #: only when its default changes nothing a run computes).
-NEUTRAL_ADDITIONS: dict[str, Any] = {"fed.sim_time_budget": None, "cost.base_bits": None}
+NEUTRAL_ADDITIONS: dict[str, Any] = {"fed.sim_time_budget": None, "cost.base_bits": None, "data.test_source": None,
+                                     "data.kind": None}
 
 
 # The generic sizes of a scale, used where a config file gives no ``scales:`` block for it (and for runs
@@ -176,6 +195,18 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
         "fed.local_steps": 2,
         "fed.batch_size": 4,
         "fed.max_length": 96,
+    },
+    "classroom": {
+        "model.scale": "classroom",
+        "data.n_train": 480,
+        "data.n_test": 200,
+        "fed.num_clients": 6,
+        "fed.clients_per_round": 3,
+        "fed.rounds": 6,
+        "fed.local_steps": 8,
+        "fed.batch_size": 8,
+        "fed.max_length": 96,
+        "fed.eval_every": 3,
     },
     "default": {},
     "paper": {
@@ -328,7 +359,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     (CLI, grid, ``run``) calls before anything loads or any folder is made."""
     if cfg.scale not in SCALES:
         raise bad_value("scale", cfg.scale, f"one of {SCALES}", "smoke")
-    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+    if not is_folder_name(cfg.name):
         raise bad_value("name", cfg.name, "a non-empty run name without path separators (it names a folder)",
                         "my-run")
     for key, bound, strict in _LOWER_BOUNDS:
@@ -336,6 +367,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         if value < bound or (strict and value == bound):
             expected = f"a number {'>' if strict else '>='} {bound}"
             raise bad_value(key, value, expected, _get(RunConfig(), key))
+    cores = os.cpu_count() or 1
+    if cfg.threads > cores:  # more threads than cores only oversubscribes the CPU
+        raise bad_value("threads", cfg.threads, f"at most this machine's {cores} CPU cores", 1)
     fed = cfg.fed
     if fed.min_fit_fraction > 1:
         raise bad_value("fed.min_fit_fraction", fed.min_fit_fraction,
@@ -359,6 +393,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_model(cfg.model)
     _check_data(cfg.data)
     return cfg
+
+
+def is_folder_name(text: str) -> bool:
+    """Whether ``text`` names one folder inside its parent (non-empty, no path separator, not ``.`` or ``..``):
+    a run's folder stays inside its ``out_dir``."""
+    return bool(text) and not any(c in text for c in "/\\\0") and text not in (".", "..")
 
 
 def _check_device(cfg: RunConfig) -> None:
@@ -399,25 +439,54 @@ def _check_model(model: ModelConfig) -> None:
 
 
 def _check_data(data: DataConfig) -> None:
-    from fedmoe.data.loaders import SUFFIXES
+    """Names and paths of the data section; the rows themselves are read by
+    :func:`fedmoe.experiment.check_config`."""
+    from fedmoe.data.loaders import KINDS
     from fedmoe.data.offline import SUITES
     from fedmoe.data.partition import SCHEMES
 
     if data.partition not in SCHEMES:
         raise bad_value("data.partition", data.partition, f"one of {SCHEMES}", "dirichlet")
+    if data.kind is not None and data.kind not in KINDS:
+        raise bad_value("data.kind", data.kind, f"a dataset kind, one of {KINDS}, or null to infer it from the "
+                        "columns", "mmlu")
     if data.source is None:
+        for key in ("test_source", "kind"):
+            if getattr(data, key) is not None:
+                raise ConfigError(f"config key data.{key}={getattr(data, key)!r} applies only with data.source (the "
+                                  f"offline suite {data.suite!r} is generated) (fix: --set data.source=PATH, or "
+                                  f"--set data.{key}=null)")
         if data.suite not in SUITES:
             raise bad_value("data.suite", data.suite, f"an offline suite, one of {SUITES} (or set data.source)",
                             "gsm")
         return
-    path = Path(data.source).expanduser()
-    if path.suffix.lower() in SUFFIXES or data.source.startswith((".", "/", "~")):
-        if not path.is_file():
-            raise bad_value("data.source", data.source, f"an existing {'/'.join(SUFFIXES)} file or a Hub dataset "
-                            "name", "data/gsm8k_train.jsonl")
-        if path.suffix.lower() not in SUFFIXES:
-            raise bad_value("data.source", data.source, f"a file ending in one of {SUFFIXES}",
-                            "data/gsm8k_train.jsonl")
+    train = _source_files("source", data.source, "data/gsm8k/train.jsonl")
+    if data.test_source is None:
+        return
+    test = _source_files("test_source", data.test_source, "data/gsm8k/test.jsonl")
+    shared = {p.resolve() for p in train} & {p.resolve() for p in test}
+    if shared:
+        raise ConfigError(f"config keys data.source={data.source!r} and data.test_source={data.test_source!r} both "
+                          f"name {sorted(shared)[0]}: the model would be scored on its own training rows (fix: "
+                          "point data.source at the train split and data.test_source at the test split)")
+
+
+def _source_files(key: str, value: str, example: str) -> list[Path]:
+    """The local files ``data.<key>`` names, each an existing data file (none for a Hub name)."""
+    from fedmoe.data.loaders import SUFFIXES, data_files, is_local
+
+    if not is_local(value):
+        return []
+    try:
+        files = data_files(value)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config key data.{key}={value!r} is invalid: {err}") from None
+    if not files[0].is_file():
+        raise bad_value(f"data.{key}", value, f"an existing {'/'.join(SUFFIXES)} file, a folder or glob of them, "
+                        "or a Hub dataset name", example)
+    if files[0].suffix.lower() not in SUFFIXES:
+        raise bad_value(f"data.{key}", value, f"a file ending in one of {SUFFIXES}", example)
+    return files
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fedmoe.config import ConfigError, RunConfig, bad_value, validate
+from fedmoe.config import ConfigError, RunConfig, bad_value, is_folder_name, validate
 from fedmoe.device import resolve_device
 from fedmoe.fl.contract import ClientFailure, ClientTask, ClientUpdate
 from fedmoe.fl.federation import Federation
@@ -33,15 +33,35 @@ ExecutorFactory = Callable[[MethodSpec, Federation], Executor]
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
-    """Validate ``cfg`` completely before anything loads: :func:`fedmoe.config.validate`, then the names only
-    higher layers know (the method and its options, the fleet, the projected architecture). Raises
-    :class:`~fedmoe.config.ConfigError`; returns ``cfg`` with its method options normalised."""
+    """Validate ``cfg`` completely before any model loads: :func:`fedmoe.config.validate`, then the names only
+    higher layers know (the method and its options, the fleet, the projected architecture), then a real
+    dataset's rows (:func:`check_dataset`). Raises :class:`~fedmoe.config.ConfigError` (a dataset's own errors:
+    :class:`~fedmoe.data.loaders.DatasetFormatError`, naming the file and row); returns ``cfg`` with its method
+    options normalised."""
     validate(cfg)
     _check_cost(cfg.cost)
     if cfg.method not in available_methods():
         raise bad_value("method", cfg.method, f"a registered method, one of {available_methods()}", "fedit")
     cfg.method_args = check_method_args(cfg.method, cfg.method_args)
+    check_dataset(cfg)
     return cfg
+
+
+def check_dataset(cfg: RunConfig) -> None:
+    """Read a real dataset (``data.source``, ``data.test_source``) as the run will, so a malformed row, a wrong
+    kind or too few rows fails in seconds rather than after the base model has loaded (the offline suites are
+    generated and need no check)."""
+    if cfg.data.source is None:
+        return
+    from fedmoe.data.task_data import load_task_data
+
+    train, _ = load_task_data(cfg.data, seed=cfg.data_seed)
+    if len(train) < cfg.fed.num_clients:
+        whence = "" if cfg.data.test_source else " (80% of its rows; data.test_source would train on every row)"
+        raise ConfigError(f"config key data.source={cfg.data.source!r} gives {len(train)} training examples"
+                          f"{whence}, fewer than fed.num_clients={cfg.fed.num_clients}: every client needs one "
+                          "(fix: a larger file, or fewer clients, e.g. --set fed.num_clients="
+                          f"{max(len(train), 1)})")
 
 
 def _check_cost(cost) -> None:
@@ -70,6 +90,14 @@ def _check_cost(cost) -> None:
         if cost.base_bits not in (4, 8, 16):
             raise bad_value("cost.base_bits", cost.base_bits, "4, 8 or 16", 4)
 
+
+
+def check_run_name(run_name: str | None) -> None:
+    """A run name (``None``: :func:`run_id`) must name one folder inside ``out_dir``; else a
+    :class:`~fedmoe.config.ConfigError`."""
+    if run_name is not None and not is_folder_name(run_name):
+        raise ConfigError(f"run name {run_name!r} is invalid: expected one folder name inside out_dir, without path "
+                          "separators or '..' (fix: e.g. --name my-run)")
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -115,6 +143,10 @@ def run(
 ) -> Path:
     """Run (or resume) the experiment ``cfg`` and return its results folder.
 
+    A run that fails before its first checkpoint removes what it wrote, under its folder's lock
+    (:meth:`RunFolder.discard`); a run refused its folder (another run holds it, or it holds another run)
+    changes nothing there.
+
     Args:
         executor_factory: the engine: builds, from the method spec and the federation, the executor that
             turns a round's tasks into updates (``fedmoe.engines.run`` passes the in-process one).
@@ -127,9 +159,14 @@ def run(
             SuperNodes that own their data, :meth:`Federation.for_nodes` of their descriptions.
     """
     check_config(cfg)  # a config built by hand is checked too, before its folder exists
+    check_run_name(run_name)
     folder = open_run_folder(cfg, Path(out_dir) / (run_name or run_id(cfg)), resume)
     try:
         _run_rounds(cfg, executor_factory, folder, stop_after, progress, federation)
+    except BaseException:
+        if not folder.checkpoint_path.exists():
+            folder.discard()  # failed before its first checkpoint: nothing to resume, leave the folder as found
+        raise
     finally:
         folder.unlock()
     return folder.path

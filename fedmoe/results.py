@@ -3,7 +3,9 @@
 :class:`RunFolder` owns the file names (:data:`CONFIG_FILE`, :data:`ROUNDS_FILE`, :data:`SUMMARY_FILE`,
 :data:`CHECKPOINT_FILE`, :data:`ENVIRONMENT_FILE`), appending and truncating the round log, and atomic writes
 (temporary file, fsync, rename) of the checkpoint and the summary, so a run killed mid-write never leaves a
-half-written file behind, and the folder's write lock (one run writes a folder at a time). Plots and notebooks read results through the functions below, never live objects.
+half-written file behind, and the folder's write lock (one run writes a folder at a time; a run refused it changes
+nothing, and a run that fails before its first checkpoint removes only what it wrote). Plots and notebooks read
+results through the functions below, never live objects.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import yaml
 
 from fedmoe.environment import environment
+from fedmoe.errors import FedmoeError
 
 CONFIG_FILE = "config.yaml"
 ROUNDS_FILE = "rounds.jsonl"
@@ -26,6 +29,8 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 ENVIRONMENT_FILE = "environment.json"
 LOCK_FILE = ".lock"
+#: The files a run writes into its folder (besides :data:`LOCK_FILE` and the backups of set-aside round logs).
+RUN_FILES = (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ENVIRONMENT_FILE)
 BACKUP_SUFFIX = ".bak"
 
 
@@ -43,11 +48,11 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> N
         raise
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FedmoeError):
     """A checkpoint that cannot be read (truncated, corrupt, or not written by this version)."""
 
 
-class RunFolderLockedError(RuntimeError):
+class RunFolderLockedError(FedmoeError):
     """Another run is writing the run folder."""
 
 
@@ -57,6 +62,8 @@ class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._made: list[Path] = []  # the folders this holder's lock() made, deepest first
+        self._found: set[str] = set()  # the folder's entries when this holder took the lock
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -86,37 +93,85 @@ class RunFolder:
         """Library versions, threads and hardware of the session that ran it."""
         return self.path / ENVIRONMENT_FILE
 
-    def create(self) -> None:
-        """Create the folder (and its parents) if needed."""
-        self.path.mkdir(parents=True, exist_ok=True)
+    def create(self) -> list[Path]:
+        """Create the folder (and its parents) if needed; returns the folders this call made, deepest first
+        (each ``mkdir`` is atomic, so a folder another process made meanwhile is never counted as made here)."""
+        missing = []
+        for path in (self.path, *self.path.parents):
+            if path.is_dir():
+                break
+            missing.append(path)
+        made = []
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            made.append(path)
+        return made[::-1]
 
     # --- lock -----------------------------------------------------------------------------------------
     def lock(self) -> None:
         """Take the folder's write lock (an exclusive ``flock`` on its ``.lock`` file, released by
         :meth:`unlock` or when the process ends, however it ends: a run killed with SIGKILL leaves no stale
         lock); a run holding it already is a :class:`RunFolderLockedError`. The holder then removes the
-        temporary files of writes a killed run left unfinished (:meth:`remove_temporaries`)."""
-        self.create()
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        temporary files of writes a killed run left unfinished (:meth:`remove_temporaries`).
+
+        The lock is the first thing a run does to its folder, and a refused run has touched nothing there (its
+        ``mkdir`` and ``open`` of an existing folder and lock file change nothing). A lock file that its holder
+        removed (:meth:`discard`) while this call waited is not taken: the folder's current one is."""
+        made: list[Path] = []
+        while True:
+            made += self.create()
+            try:
+                fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # its holder removed the folder meanwhile (discard): make it again
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunFolderLockedError(
+                    f"{self.path} is being written by another run (it holds {self.path / LOCK_FILE}); wait for it "
+                    "to finish, or run into another folder (another run name or out_dir)") from None
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(self.path / LOCK_FILE))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
             os.close(fd)
-            raise RunFolderLockedError(
-                f"{self.path} is being written by another run (it holds {self.path / LOCK_FILE}); wait for it to "
-                "finish, or run into another folder (another run name or out_dir)") from None
-        self._lock_fd = fd
+        self._lock_fd, self._made = fd, made
         self.remove_temporaries()
+        self._found = set(os.listdir(self.path))
 
     def remove_temporaries(self) -> list[Path]:
         """Delete the temporary files :func:`atomic_write` leaves when its process is killed mid-write (they
         are never read; a checkpoint's can be as large as the model); returns what was deleted. Only the
         lock's holder calls it: a live writer's temporary file looks the same."""
-        names = (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ENVIRONMENT_FILE)
-        stale = [tmp for name in names for tmp in self.path.glob(f".{name}.*.tmp")]
+        stale = [tmp for name in RUN_FILES for tmp in self.path.glob(f".{name}.*.tmp")]
         for tmp in stale:
             tmp.unlink(missing_ok=True)
         return stale
+
+    def discard(self) -> None:
+        """Undo what this holder's run did to the folder (a run that failed before its first checkpoint): delete
+        the run files (:data:`RUN_FILES`) that were not there when it took the lock, the lock file too if the
+        folder held nothing else then, and the folders its :meth:`lock` made, if empty. Files that were there
+        before, set-aside round logs and anything of another run are left as they are; only the lock's holder
+        may call it (it keeps the lock until :meth:`unlock`)."""
+        if self._lock_fd is None:
+            raise RuntimeError(f"discard() of {self.path} without holding its lock")
+        for name in RUN_FILES:
+            if name not in self._found:
+                (self.path / name).unlink(missing_ok=True)
+        if self._found == {LOCK_FILE}:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+        for path in self._made:
+            try:
+                path.rmdir()
+            except OSError:  # not empty: something else lives there
+                break
 
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock` (nothing if not held)."""

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import psutil
 
+from fedmoe.config import SCALES
 from fedmoe.results import CHECKPOINT_FILE, ENVIRONMENT_FILE, ROUNDS_FILE, CheckpointError, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-kills", type=int, default=2,
                         help="kills planned in the middle of a checkpoint write (among the first half)")
     parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--scale", default="smoke", choices=["smoke", "default", "paper"])
+    parser.add_argument("--scale", default="smoke", choices=SCALES)
     parser.add_argument("--set", action="append", dest="overrides", metavar="KEY=VALUE",
                         help="config override (repeatable; default: fed.rounds=6)")
     parser.add_argument("--workdir", type=Path, help="where the two run folders and the logs go (default: a new "

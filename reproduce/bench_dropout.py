@@ -22,7 +22,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from fedmoe.config import RunConfig, load_config
+from fedmoe.config import SCALES, RunConfig, load_config
 from fedmoe.results import is_finished
 from fedmoe.studies import fftmoe, flame, flux, quickstart
 from fedmoe.studies.evidence import compare, score_interval
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="fedit,flame,hetlora",
                         help=f"comma-separated, among {', '.join(STUDIES)} (flux runs take ~20 CPU-minutes each)")
     parser.add_argument("--dropout", type=float, default=0.3, help="probability a sampled client fails a round")
-    parser.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
+    parser.add_argument("--scale", default="default", choices=SCALES)
     parser.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scale's)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="parent folder of run folders")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: $JOBS or the cores)")

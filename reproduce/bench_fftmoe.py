@@ -22,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedmoe.config import SCALES
 from fedmoe.stats import Interval
 from fedmoe.studies import fftmoe as study
 from fedmoe.studies.grid import seeds_for
@@ -38,7 +39,7 @@ def key_lines(key: str, interval: Interval, scale: float = 1.0) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the grid, print the table and the key lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
+    parser.add_argument("--scale", default="default", choices=SCALES)
     parser.add_argument("--results", default=str(ROOT / "results"), help="parent folder of run folders")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run seeds (default: the scale's)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: $JOBS, else cores)")

@@ -21,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fedmoe.config import SCALES
 from fedmoe.studies.evidence import score_interval
 from fedmoe.studies.flame import (
     LONG_SETTINGS,
@@ -48,7 +49,7 @@ def _key(name: str, interval, scale: float = 100.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the grid, print the tables and the key lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
+    parser.add_argument("--scale", default="default", choices=SCALES)
     parser.add_argument("--results", default=str(ROOT / "results"), help="parent folder of run folders")
     parser.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scale's)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: $JOBS or the cores)")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         _key(f"flame_minus_best_baseline_long_{setting.replace('-', '_')}", lead(long, setting, LONG_LAST).difference)
     _key("flame_lead_growth_long", lead_growth(long, last=LONG_LAST).difference)
     for row in [*targets(folders, list(SETTINGS)), *long_targets(long)]:
-        print(f"{row.verdict} {row.target}")
+        print(f"{row.labelled_verdict} {row.target}")
     return 0
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedmoe.config import SCALES
 from fedmoe.stats import Interval
 from fedmoe.studies import flux as fx
 from fedmoe.studies.evidence import compare
@@ -44,7 +45,7 @@ def _key(name: str, interval: Interval, scale: float = 1.0, digits: int = 4) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run the grid, print every suite's table, the key lines and the verdicts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="default", choices=["smoke", "default", "paper"])
+    parser.add_argument("--scale", default="default", choices=SCALES)
     parser.add_argument("--results", default=str(ROOT / "results"), help="parent folder of run folders")
     parser.add_argument("--seeds", default=None, help="comma-separated run seeds (default: the scale's)")
     parser.add_argument("--suites", default=",".join(fx.SUITES),
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         _key(prefix + "flux_overhead_share", fx.overhead_interval(folders["flux", suite]))
     print()
     for row in (row for suite in suites for row in fx.targets(folders, suite)):
-        print(f"{row.verdict} {row.target}: {row.measured.format(row.scale, row.digits)} (goal {row.goal})")
+        print(row.summary())
     return 0
 
 

@@ -60,3 +60,14 @@ def write_fake_run(folder, seed, items_per_round):
 def fake_run():
     """Factory fixture: ``fake_run(folder, seed, items_per_round) -> folder`` (see :func:`write_fake_run`)."""
     return write_fake_run
+
+
+@pytest.fixture(autouse=True)
+def _fresh_read_runs():
+    """Each test starts with no run folders read: a report section records the environment of the runs this
+    process has read (``fedmoe.results.READ_RUNS``), which must not leak from one test into another."""
+    from fedmoe.results import READ_RUNS
+
+    READ_RUNS.clear()
+    yield
+    READ_RUNS.clear()

@@ -49,6 +49,11 @@ CONFIG_CASES = [
     ("missing-model-path", ["--set", "model.path=/no/such/checkpoint"], r"model\.path='/no/such/checkpoint'"),
     ("paper-without-checkpoint", ["--scale", "paper"], r"scale=paper .*model\.path"),
     ("missing-dataset-file", ["--set", "data.source=/no/such/file.jsonl"], r"data\.source='/no/such/file\.jsonl'"),
+    ("empty-dataset-glob", ["--set", "data.source=/no/such/*_test.csv"], r"the glob /no/such/\*_test\.csv holds no"),
+    ("unknown-dataset-kind", ["--set", "data.kind=mcq"], r"data\.kind='mcq' .*one of \('dolly', 'gsm8k', 'mmlu'"),
+    ("kind-without-source", ["--set", "data.kind=mmlu"], r"data\.kind='mmlu' applies only with data\.source"),
+    ("test-source-without-source", ["--set", "data.test_source=/t.jsonl"],
+     r"data\.test_source='/t\.jsonl' applies only with data\.source"),
     ("override-without-value", ["--set", "fed.rounds"], r"'fed\.rounds' is not of the form key=value"),
     ("repeated-seeds", ["--seeds", "0,0"], r"--seeds '0,0' is invalid: expected distinct"),
     ("seeds-and-seed", ["--seeds", "0,1", "--set", "seed=2"], r"--seeds and --set seed=\.\.\. both set the seed"),
@@ -113,7 +118,7 @@ DATA_CASES = [
     ("corrupt-parquet", "d.parquet", "PAR1 not really parquet", r"not a readable parquet file"),
     ("wrong-suffix", "d.txt", "question,answer\n", r"data\.source=.*d\.txt.*a file ending in one of"),
     ("too-few-rows-for-clients", "d.jsonl", "\n".join(json.dumps(GSM_OK) for _ in range(3)),
-     r"cannot give 4 clients at least 1 example"),
+     r"data\.source=.*d\.jsonl' gives 2 training examples \(80% of its rows.*fewer than fed\.num_clients=4"),
 ]
 
 

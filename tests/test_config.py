@@ -135,3 +135,14 @@ def test_a_neutral_addition_stays_out_of_a_runs_identity_only_at_its_neutral_def
     text = (tmp_path / "config.yaml").read_text()
     assert "sim_time_budget" not in text
     assert from_dict(yaml.safe_load(text)).digest() == plain.digest()
+
+
+def test_the_data_fields_for_published_splits_rename_no_existing_run(tmp_path):
+    """``data.test_source`` and ``data.kind`` at ``None`` (the 80/20 split, the kind inferred) are neither written
+    nor hashed; set, they make another run."""
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "What is 2 + 2?", "answer": "4 #### 4"}\n')
+    plain = load_config(None, {"data.source": str(path)})
+    assert not {"test_source", "kind"} & set(plain.identity()["data"])
+    kind = load_config(None, {"data.source": str(path), "data.kind": "gsm8k"})
+    assert kind.identity()["data"]["kind"] == "gsm8k" and kind.digest() != plain.digest()

@@ -14,7 +14,7 @@ LAYERS = [
     {"methods"},
     {"fl"},
     {"train"},
-    {"moe", "eval", "data", "config", "results", "stats", "plots", "device", "environment"},
+    {"moe", "eval", "data", "config", "results", "stats", "plots", "device", "environment", "errors"},
 ]
 
 

@@ -201,6 +201,51 @@ def test_headerless_hendrycks_mmlu_csv(tmp_path):
         load_records(path)
 
 
+def _mmlu_subjects(folder):
+    """MMLU's published per-subject layout: headerless lettered ``<subject>_test.csv`` files (two subjects)."""
+    folder.mkdir()
+    (folder / "anatomy_test.csv").write_text("Which organ pumps blood?,lung,liver,heart,skin,C\n")
+    (folder / "abstract_algebra_test.csv").write_text(
+        '"Find the degree of Q(sqrt(2)) over Q.",0,2,4,6,B\n"What is 1+1?",1,2,3,4,B\n')
+    (folder / "README.txt").write_text("not data")  # a folder's other files are not read
+    return folder
+
+
+def test_folder_and_glob_read_mmlu_per_subject_files(tmp_path):
+    folder = _mmlu_subjects(tmp_path / "test")
+    records = load_records(folder)
+    assert [r.domain for r in records] == ["abstract_algebra", "abstract_algebra", "anatomy"]  # name order
+    assert records[0] == EXPECTED["mmlu"][0] and records[2] == EXPECTED["mmlu"][1]
+    assert load_records(str(folder / "*_test.csv")) == records
+    assert load_records(str(folder / "anat*"), kind="mmlu") == [EXPECTED["mmlu"][1]]
+    assert load_records(folder, limit=2, seed=0) == load_records(folder, limit=2, seed=0)
+    assert len(load_records(folder, limit=2, seed=0)) == 2
+    (folder / "anatomy_test.csv").write_text("Which organ pumps blood?,lung,liver,heart,skin,C\n"
+                                             "Which is a bone?,a,b,c,d,Z\n")
+    with pytest.raises(DatasetFormatError, match=r"anatomy_test\.csv, line 2: .*not one of the letters"):
+        load_records(folder)  # an error names the file of the folder it is in
+    write(folder / "gsm.jsonl", GSM8K)
+    with pytest.raises(DatasetFormatError, match=r"mixes datasets of different kinds .*gsm\.jsonl: gsm8k"):
+        load_records(folder)
+    with pytest.raises(FileNotFoundError, match=r"the glob .*\*_dev\.csv holds no .* file"):
+        load_records(str(folder / "*_dev.csv"))
+    with pytest.raises(FileNotFoundError, match=r"the folder .*empty holds no"):
+        (tmp_path / "empty").mkdir()
+        load_records(tmp_path / "empty")
+
+
+def test_mmlu_with_one_column_per_choice_is_not_taken_for_gsm8k(tmp_path):
+    path = tmp_path / "anatomy_test.csv"
+    path.write_text("question,choice0,choice1,choice2,choice3,answer\n"
+                    "Which organ pumps blood?,lung,liver,heart,skin,2\nWhich is a bone?,femur,aorta,lung,skin,A\n")
+    records = load_records(path)  # inferred: mmlu's columns include gsm8k's question/answer
+    assert records[0] == EXPECTED["mmlu"][1]
+    assert records[1].label == 0 and records[1].domain == "anatomy"
+    assert load_records(path, kind="mmlu") == records
+    with pytest.raises(DatasetFormatError, match=r"line 2: field 'answer' has no final '#### <number>'"):
+        load_records(path, kind="gsm8k")
+
+
 def test_piqa_published_jsonl_with_labels_file(tmp_path):
     write(tmp_path / "train.jsonl", [{k: v for k, v in r.items() if k != "label"} for r in PIQA])
     (tmp_path / "train-labels.lst").write_text("0\n1\n")
@@ -299,7 +344,7 @@ def test_gsm8k_without_final_answer(tmp_path):
 
 def test_wrong_kind_and_ambiguous_or_unknown_columns(tmp_path):
     path = write(tmp_path / "mixed.jsonl", [{**DOLLY[0], "input": "", "output": "x"}])
-    with pytest.raises(ValueError, match=r"matches dolly and alpaca .*Fix: pass kind="):
+    with pytest.raises(ValueError, match=r"matches dolly and alpaca .*Fix: set the kind \(--set data\.kind="):
         load_records(path)
     assert load_records(path, kind="alpaca")[0].answer == "x"
     path = write(tmp_path / "other.jsonl", [{"foo": 1, "bar": 2}])
@@ -358,3 +403,12 @@ def test_hub_errors(fake_hub, monkeypatch):
         DatasetFormatError, match=r"Hub dataset 'cais/mmlu' \(config 'all', split 'test'\), row 1"
     ):
         load_records("cais/mmlu", split="test")
+
+
+def test_a_hub_test_source_loads_the_test_split(fake_hub):
+    from fedmoe.config import DataConfig
+    from fedmoe.data.task_data import load_task_data
+
+    data = DataConfig(source="openai/gsm8k", test_source="openai/gsm8k", n_train=2, n_test=2)
+    assert load_task_data(data) == (EXPECTED["gsm8k"], EXPECTED["gsm8k"])
+    assert fake_hub == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test")]

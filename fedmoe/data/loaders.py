@@ -2,7 +2,8 @@
 
 A source is either a Hub name (read with ``datasets.load_dataset``; ``"name:config"`` picks a config,
 e.g. ``"cais/mmlu:anatomy"``) or a local ``.json`` / ``.jsonl`` / ``.parquet`` / ``.csv`` file in the
-dataset's *published* schema:
+dataset's *published* schema, or a folder or glob of such files (all of one kind, read in name order: MMLU's
+57 per-subject ``data/test/<subject>_test.csv``):
 
 ========  ===================================================  ===========  ======================
 kind      columns                                              metric       domain
@@ -15,8 +16,9 @@ piqa      goal, sol1, sol2, label (0/1)                        mc_accuracy  ``"p
 ========  ===================================================  ===========  ======================
 
 MMLU also loads in the original lettered CSV layout (``question, A, B, C, D, answer`` with a letter,
-headerless as in Hendrycks' ``data/test/<subject>_test.csv``; the subject then comes from the file
-name), and PIQA from the published ``train.jsonl`` + ``train-labels.lst`` pair.
+headerless as in Hendrycks' ``data/test/<subject>_test.csv``) and with one column per choice
+(``question, choice0, choice1, ..., answer``, an index or a letter); without a ``subject`` column the subject
+comes from the file name. PIQA loads from the published ``train.jsonl`` + ``train-labels.lst`` pair.
 
 GSM8K's ``answer`` becomes the final number only (``"72"``), so exact match compares the model's final
 number; the rationale before ``####`` is dropped. Any malformed row raises :class:`DatasetFormatError`
@@ -26,6 +28,7 @@ naming the file and the line (csv/jsonl), element (json array) or row (parquet, 
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import re
@@ -37,6 +40,7 @@ import datasets
 import numpy as np
 
 from fedmoe.data.records import Example, format_prompt
+from fedmoe.errors import FedmoeError
 from fedmoe.eval.metrics import extract_gsm8k_answer
 
 KINDS = ("dolly", "gsm8k", "mmlu", "piqa", "alpaca")
@@ -55,10 +59,12 @@ _SIGNATURES = {
     "dolly": [{"instruction", "context", "response"}],
     "alpaca": [{"instruction", "input", "output"}],
     "gsm8k": [{"question", "answer"}],
-    "mmlu": [{"question", "choices", "answer"}, {"question", "A", "B", "C", "D", "answer"}],
+    "mmlu": [{"question", "choices", "answer"}, {"question", "A", "B", "C", "D", "answer"},
+             {"question", "choice0", "choice1", "answer"}],
     "piqa": [{"goal", "sol1", "sol2"}],
 }
 _LETTERED_MMLU = ["question", "A", "B", "C", "D", "answer"]
+_GLOB_CHARS = "*?["
 _LETTERS = "ABCD"
 # Hub names whose kind and config are known; other names need `kind` or recognisable columns.
 HUB_DATASETS = {
@@ -86,7 +92,7 @@ class _Table:
     take: Callable[[Sequence[int]], list[dict]]
     where: Callable[[int], str]
     from_text: bool = False  # csv: every value is a string, so integer fields are parsed
-    default_subject: str | None = None  # lettered MMLU csv: the subject named by the file
+    default_subject: str | None = None  # csv: the subject its file name gives (MMLU without a subject column)
 
 
 def load_records(
@@ -100,8 +106,10 @@ def load_records(
     """Load a real dataset from a Hub name or a local file and convert every row to an :class:`Example`.
 
     Args:
-        source: Hub name (``"openai/gsm8k"``, ``"cais/mmlu:anatomy"``) or path to a json/jsonl/parquet/csv file.
-        kind: one of ``KINDS``; inferred from the Hub name or the columns when omitted.
+        source: Hub name (``"openai/gsm8k"``, ``"cais/mmlu:anatomy"``), path to a json/jsonl/parquet/csv file,
+            or a folder or glob of such files (see :func:`data_files`).
+        kind: one of ``KINDS``; inferred from the Hub name or the columns when omitted (every file of a
+            folder or glob must then be of the same kind).
         split: the Hub split to load (ignored for local files, which hold one split each).
         limit: keep a random subset of this many rows (chosen by ``seed``, in source order); all if None.
         seed: drives the subset chosen by ``limit``.
@@ -111,25 +119,61 @@ def load_records(
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     source = os.fspath(source)
-    if _is_local(source):
-        table = _read_file(Path(source).expanduser())
+    if is_local(source):
+        tables = [_read_file(path) for path in data_files(source)]
     else:
         name, _, config = source.partition(":")
         hub_kind, hub_config = HUB_DATASETS.get(name.lower(), (_kind_from_name(name), None))
         kind = kind or hub_kind
-        table = _read_hub(name, config or hub_config, split)
-    kind = kind or _infer_kind(table.columns, table.label)
+        tables = [_read_hub(name, config or hub_config, split)]
+    kind = kind or _common_kind(tables, source)
     convert = _CONVERTERS[kind]
-    indices = _subset(table.num_rows, limit, seed)
-    return [convert(row, _Row(table, i, kind)) for i, row in zip(indices, table.take(indices), strict=True)]
+    records, start = [], 0
+    chosen = subset_indices(sum(t.num_rows for t in tables), limit, seed)
+    for table in tables:
+        indices = [i - start for i in chosen if start <= i < start + table.num_rows]
+        start += table.num_rows
+        rows = table.take(indices) if indices else []
+        records += [convert(row, _Row(table, i, kind)) for i, row in zip(indices, rows, strict=True)]
+    return records
 
 
 # ----------------------------------------------------------------------------------------- sources
 
 
-def _is_local(source: str) -> bool:
+def is_local(source: str) -> bool:
+    """Whether ``source`` names local files (a path, folder or glob) rather than a Hub dataset."""
     path = Path(source).expanduser()
-    return path.exists() or path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~"))
+    return (path.exists() or path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~"))
+            or any(c in source for c in _GLOB_CHARS))
+
+
+def data_files(source: str) -> list[Path]:
+    """The files a local ``source`` names: the file itself, every data file (one of ``SUFFIXES``) directly in a
+    folder, or the data files a glob matches, in name order. An error names the source and the fix when it
+    names none."""
+    path = Path(source).expanduser()
+    if any(c in source for c in _GLOB_CHARS):
+        files, what = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file()), "glob"
+    elif path.is_dir():
+        files, what = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES), "folder"
+    else:
+        return [path]
+    files = [p for p in files if p.suffix.lower() in SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"the {what} {source} holds no {'/'.join(SUFFIXES)} file. Fix: point it at the "
+                                "dataset's files, e.g. data/test/ or 'data/test/*_test.csv' for MMLU")
+    return files
+
+
+def _common_kind(tables: list[_Table], source: str) -> str:
+    """The kind every table's columns name; files of different kinds in one source are an error."""
+    kinds = {table.label: _infer_kind(table.columns, table.label) for table in tables}
+    if len(set(kinds.values())) > 1:
+        shown = ", ".join(f"{label}: {kind}" for label, kind in kinds.items())
+        raise DatasetFormatError(f"{source} mixes datasets of different kinds ({shown}). Fix: point it at "
+                                 "files of one dataset, or set the kind (data.kind, kind=)")
+    return next(iter(kinds.values()))
 
 
 def _read_file(path: Path) -> _Table:
@@ -139,8 +183,8 @@ def _read_file(path: Path) -> _Table:
             f"such as {', '.join(sorted(HUB_DATASETS))}"
         )
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix not in SUFFIXES:
-        raise ValueError(f"cannot read {path}: pass a single file ending in one of {SUFFIXES}")
+    if suffix not in SUFFIXES:
+        raise ValueError(f"cannot read {path}: pass a file ending in one of {SUFFIXES}, or a folder of them")
     if suffix == ".csv":
         return _read_csv(path)
     if suffix == ".parquet":
@@ -274,7 +318,7 @@ def _read_hub(name: str, config: str | None, split: str) -> _Table:
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as err:  # network, unknown name/config/split: all end the same way for the user
-        raise RuntimeError(
+        raise FedmoeError(
             f"could not load Hub dataset {name!r} (config {config!r}, split {split!r}): {err}. Fix: check the "
             "name, config and split; without Hub access (HF_HUB_OFFLINE=1), download the files and pass a "
             "local path instead"
@@ -308,11 +352,13 @@ def _infer_kind(columns: Sequence[str], label: str) -> str:
     schemas = "; ".join(f"{k}: {v}" for k, v in SCHEMAS.items())
     raise ValueError(
         f"cannot tell which dataset {label} is: its columns ({', '.join(columns)}) {what} of the known "
-        f"kinds. Fix: pass kind= one of {KINDS}, or use a published schema ({schemas})"
+        f"kinds. Fix: set the kind (--set data.kind=..., kind= in Python) to one of {KINDS}, or use a published "
+        f"schema ({schemas})"
     )
 
 
-def _subset(n: int, limit: int | None, seed: int) -> list[int]:
+def subset_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """``limit`` of ``range(n)`` chosen by ``seed``, in order (all of them when ``limit`` is None or >= n)."""
     if limit is None or limit >= n:
         return list(range(n))
     return sorted(np.random.default_rng(seed).permutation(n)[:limit].tolist())
@@ -402,6 +448,14 @@ def _mmlu(row: dict, at: _Row) -> Example:
             raise at.error(f"field 'answer' = {row['answer']!r} is not one of the letters A-D")
         label = _LETTERS.index(letter)
         subject = at.text(row, "subject") if "subject" in row else at.table.default_subject
+    elif "choices" not in row and "choice0" in row:  # one column per choice: choice0, choice1, ...
+        count = next(i for i in range(len(row) + 1) if f"choice{i}" not in row)
+        choices = tuple(at.text(row, f"choice{i}") for i in range(count))
+        raw = row["answer"]
+        letter = raw.strip().upper() if isinstance(raw, str) else None
+        label = _LETTERS.index(letter) if letter and letter in _LETTERS[: len(choices)] else at.index_in(
+            row, "answer", len(choices))
+        subject = at.text(row, "subject", nonempty=True) if "subject" in row else at.table.default_subject
     else:
         raw = row.get("choices")
         if not isinstance(raw, list | tuple) or len(raw) < 2 or not all(isinstance(c, str) for c in raw):

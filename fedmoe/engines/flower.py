@@ -43,6 +43,7 @@ from flwr.common.logger import log  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from fedmoe.config import ConfigError, RunConfig, from_dict, load_config  # noqa: E402
+from fedmoe.errors import FedmoeError  # noqa: E402
 from fedmoe.experiment import check_config, run, run_id  # noqa: E402
 from fedmoe.fl.contract import (  # noqa: E402
     ClientFailure,
@@ -91,7 +92,7 @@ def flower_executor(grid: Grid, timeout: float | None = None):
     def execute(tasks: list[ClientTask]) -> list[ClientUpdate | ClientFailure]:
         node_ids = sorted(grid.get_node_ids())
         if not node_ids:
-            raise RuntimeError("no SuperNode is connected to the SuperLink; start at least one flower-supernode")
+            raise FedmoeError("no SuperNode is connected to the SuperLink; start at least one flower-supernode")
         return _exchange(grid, tasks, lambda c: node_ids[c % len(node_ids)], None, timeout)
 
     return execute
@@ -132,7 +133,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float = NODE_WAIT_S, poll_
     deadline = time.monotonic() + timeout_s
     while len(ids := sorted(grid.get_node_ids())) < count:
         if time.monotonic() >= deadline:
-            raise RuntimeError(
+            raise FedmoeError(
                 f"only {len(ids)} of fed.num_clients={count} SuperNodes connected within {timeout_s:.0f} s; start "
                 "more flower-supernode processes (each with its own --node-config data-file=...), or lower "
                 "fed.num_clients, or raise the run config's node-wait-s")
@@ -154,8 +155,8 @@ def describe_nodes(grid: Grid, node_ids: list[int], timeout: float | None = None
             answers[node] = dict(reply.content["describe"])
     errors.update({n: "no reply" for n in node_ids if n not in answers and n not in errors})
     if errors:
-        raise RuntimeError(f"SuperNodes could not describe their data: {errors}; fix each node's --node-config "
-                           "(data-file=\"/path/client.jsonl\" or partition-id=N, optional device=...) and restart it")
+        raise FedmoeError(f"SuperNodes could not describe their data: {errors}; fix each node's --node-config "
+                          "(data-file=\"/path/client.jsonl\" or partition-id=N, optional device=...) and restart it")
     return NodeRoster.from_replies(answers)
 
 
@@ -297,7 +298,7 @@ def run_flower_simulation(cfg: RunConfig, *, num_supernodes: int = 2, out_dir: s
     )
     folder = RunFolder(Path(out_dir) / name)
     if not folder.has_summary():
-        raise RuntimeError(f"the Flower simulation ended without finishing the run in {folder.path}; see the log above")
+        raise FedmoeError(f"the Flower simulation ended without finishing the run in {folder.path}; see the log above")
     return folder.path
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from fedmoe.errors import FedmoeError
 from fedmoe.fl.contract import ClientFailure, ClientTask, ClientUpdate
 from fedmoe.fl.federation import Federation, sample_clients
 
@@ -30,7 +31,7 @@ NO_REPLY = "no reply"
 DROPPED = "dropped out"
 
 
-class RoundFailedError(RuntimeError):
+class RoundFailedError(FedmoeError):
     """Too few clients answered a round in every allowed attempt."""
 
 

@@ -8,7 +8,7 @@ averaged over the same evaluations. The statistics themselves live in :mod:`fedm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,19 @@ def seed_of(folder: str | Path) -> int:
     return int(load_config_dict(folder)["seed"])
 
 
+def scale_of(folders: Sequence[str | Path] | Mapping[object, Sequence[str | Path]]) -> str | None:
+    """The kit scale (:data:`fedmoe.config.SCALES`) the run folders were made at, for a report row's
+    ``run_scale`` (:class:`fedmoe.report.TargetRow`): ``folders`` is a sequence of run folders or a study's grid
+    (a mapping of cells to them); None when their configs record no scale. A row rests on runs of one scale, so
+    folders of several scales are a ValueError."""
+    flat = [f for runs in folders.values() for f in runs] if isinstance(folders, Mapping) else list(folders)
+    scales = {load_config_dict(f).get("scale") for f in flat}
+    if len(scales) > 1:
+        raise ValueError(f"the runs behind one row were made at several scales {sorted(map(str, scales))}; "
+                         "compare runs of one scale")
+    return next(iter(scales), None)
+
+
 def score_interval(folders: Sequence[str | Path], last: int = 1) -> Interval:
     """Mean score over the seeds' runs with its 95% Student-t interval."""
     return mean_ci([run_score(f, last) for f in folders])
@@ -57,10 +70,12 @@ def score_interval(folders: Sequence[str | Path], last: int = 1) -> Interval:
 
 @dataclass(frozen=True)
 class Comparison:
-    """``a - b`` in score units (paired over seeds and items) and its verdict for ``a``."""
+    """``a - b`` in score units (paired over seeds and items), its verdict for ``a`` and the scale of the runs
+    (:func:`scale_of`; a row built from the comparison carries it)."""
 
     difference: Interval
     verdict: str
+    run_scale: str | None = None
 
 
 def compare(folders_a: Sequence[str | Path], folders_b: Sequence[str | Path], last: int = 1,
@@ -75,7 +90,7 @@ def compare(folders_a: Sequence[str | Path], folders_b: Sequence[str | Path], la
     a = np.stack([item_scores(by_seed_a[s], last) for s in seeds])
     b = np.stack([item_scores(by_seed_b[s], last) for s in seeds])
     diff = paired_difference(a, b, seed=seed)
-    return Comparison(diff, verdict(diff))
+    return Comparison(diff, verdict(diff), scale_of([*folders_a, *folders_b]))
 
 
 def drop_from_best(folders: Sequence[str | Path], seed: int = 0) -> Interval:

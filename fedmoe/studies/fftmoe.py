@@ -41,6 +41,7 @@ from fedmoe.studies.evidence import (
     compare,
     head_to_head_row,
     run_score,
+    scale_of,
     score_interval,
     seed_of,
 )
@@ -351,11 +352,12 @@ def personalised_scores(folder: str | Path) -> dict[str, Any]:
 
 
 def personalised_table(folders: dict[Cell, list[Path]], splits: Sequence[str] = tuple(SPLITS),
-                       jobs: int | None = None) -> dict[str, dict[str, Interval]]:
+                       jobs: int | None = None, progress: bool = False) -> dict[str, dict[str, Interval]]:
     """``{split: {"personalised", "global", "personalised - global"}}``: FFT-MoE's mean local-test score per
     client over seeds, both ways, and their paired difference (per seed); runs not yet scored are scored in
-    ``jobs`` parallel processes."""
-    compute_all(personalised_scores, [f for split in splits for f in folders[METHOD, split]], PERSONALISED_FILE, jobs)
+    ``jobs`` parallel processes (``progress``: a bar over them)."""
+    compute_all(personalised_scores, [f for split in splits for f in folders[METHOD, split]], PERSONALISED_FILE, jobs,
+                progress)
     out = {}
     for split in splits:
         rows = [personalised_scores(f) for f in folders[METHOD, split]]
@@ -374,7 +376,7 @@ def _score_targets(folders: dict[Cell, list[Path]], splits: Sequence[str], last:
     ``command``: the one that regenerates the rows)."""
     seeds = len(folders[METHOD, IID_SPLIT])
     scored = "" if last == 1 else f"; each run: mean of its last {last} evaluations"
-    rows = []
+    rows, scale = [], scale_of(folders)
     for split in splits:
         best, comparison = versus_best_baseline(folders, split, last)
         lead = split in LEAD_SPLITS
@@ -383,14 +385,15 @@ def _score_targets(folders: dict[Cell, list[Path]], splits: Sequence[str], last:
             PAPER, f"FFT-MoE {'leads' if lead else 'matches'} the best baseline ({split}{', ' + horizon if horizon else ''})",
             comparison.difference, "> 0 points" if lead else f"> {goal * 100:+.0f} points",
             judge_target(comparison.difference, goal), command,
-            note=f"FFT-MoE - {best}, paired over seeds and test items ({comparison.verdict}){scored}", seeds=seeds))
+            note=f"FFT-MoE - {best}, paired over seeds and test items ({comparison.verdict}){scored}", seeds=seeds,
+            run_scale=scale))
     for baseline in BASELINES:
         lead = retention_lead(folders, baseline, last)
         rows.append(TargetRow(
             PAPER, f"non-IID retention above {baseline}'s{f' ({horizon})' if horizon else ''}",
             lead, "> 0", judge_target(lead, ABOVE_ZERO), command,
             note=f"score(alpha 0.1) / score(IID), FFT-MoE minus baseline, paired by seed{scored}", seeds=seeds,
-            scale=1.0, digits=3))
+            scale=1.0, digits=3, run_scale=scale))
     return rows
 
 
@@ -403,19 +406,19 @@ def long_targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
 def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
     """The issue's three score targets, judged on intervals (MET / FAILED / UNRESOLVED)."""
     seeds = len(folders[METHOD, IID_SPLIT])
-    rows = _score_targets(folders, tuple(SPLITS))
+    rows, scale = _score_targets(folders, tuple(SPLITS)), scale_of(folders)
     reduction = aux_cv_reduction(folders)
     rows.append(TargetRow(
         PAPER, "auxiliary loss lowers the expert-load CV", reduction, "> 0", judge_target(reduction, ABOVE_ZERO),
         COMMAND,
         note=f"CV(aux off) - CV(aux on), paired by seed, {reduction.n} pairs pooled over {', '.join(AUX_SPLITS)}",
-        seeds=seeds, scale=1.0, digits=3))
+        seeds=seeds, scale=1.0, digits=3, run_scale=scale))
     for split in AUX_SPLITS:
         diff = compare(folders[METHOD, split], folders[NO_AUX, split]).difference
         rows.append(TargetRow(
             PAPER, f"auxiliary loss does not lower the score ({split})", diff, f"> {MATCH_MARGIN * 100:+.0f} points",
             judge_target(diff, MATCH_MARGIN), COMMAND, note="aux on - aux off, paired over seeds and test items",
-            seeds=seeds))
+            seeds=seeds, run_scale=scale))
     return rows
 
 

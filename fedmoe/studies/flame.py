@@ -30,6 +30,7 @@ from fedmoe.studies.evidence import (
     compare,
     drop_from_best,
     item_scores,
+    scale_of,
     score_interval,
     seed_of,
 )
@@ -183,7 +184,8 @@ def precondition_row(comparison: Comparison, seeds: int, setting: str = "") -> T
     where = f" ({setting})" if setting else ""
     return TargetRow(paper="FLAME", target=f"precondition: rank compression costs FedIT{where}", measured=diff,
                      goal="> +0.0", verdict=judge_target(diff, 0.0), command=COMMAND, seeds=seeds,
-                     note="FedIT full rank - FedIT at the weakest tier's rank, homogeneous fleet, paired")
+                     note="FedIT full rank - FedIT at the weakest tier's rank, homogeneous fleet, paired",
+                     run_scale=comparison.run_scale)
 
 
 def best_baseline(folders: dict[tuple[str, str], list[Path]], setting: str, last: int = 1) -> str:
@@ -208,7 +210,7 @@ def lead_growth(folders: dict[tuple[str, str], list[Path]], low: str = "homogene
         return a - b
 
     diff = paired_difference(per_item(high), per_item(low))
-    return Comparison(diff, verdict(diff))
+    return Comparison(diff, verdict(diff), scale_of({s: folders["flame", s] for s in (low, high)}))
 
 
 def gap_anatomy(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], last: int = 1
@@ -244,19 +246,19 @@ def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str],
     that regenerates the rows)."""
     where = f", {horizon}" if horizon else ""
     scored = "" if last == 1 else f"; each run: mean of its last {last} evaluations"
-    rows = []
+    rows, scale = [], scale_of(folders)
     for setting in settings:
         diff = lead(folders, setting, last).difference
         rows.append(TargetRow(paper="FLAME", target=f"FLAME >= best heterogeneous-LoRA baseline ({setting}{where})",
                               measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
                               note=f"FLAME - {best_baseline(folders, setting, last)}, paired{scored}",
-                              seeds=len(folders["flame", setting])))
+                              seeds=len(folders["flame", setting]), run_scale=scale))
     if {"homogeneous", "heavy-tail"} <= set(settings):
         diff = lead_growth(folders, last=last).difference
         rows.append(TargetRow(paper="FLAME", target=f"FLAME's lead grows from homogeneous to heavy-tail{where}",
                               measured=diff, goal="> +0.0", verdict=judge_target(diff, 0.0), command=command,
                               note=f"(lead in heavy-tail) - (lead in homogeneous), paired{scored}",
-                              seeds=len(folders["flame", "heavy-tail"])))
+                              seeds=len(folders["flame", "heavy-tail"]), run_scale=scale))
     return rows
 
 
@@ -322,24 +324,25 @@ def collapse_targets(groups: dict[str, Sequence[Path]], command: str) -> list[Ta
     """"No collapse" as report rows, one per group of runs (a temperature, a client-sampling level ...): the final
     score minus each seed's best round, paired over seeds and items, must stay above ``-COLLAPSE_TOLERANCE``
     (MET when its whole interval does, FAILED when the whole interval lies below)."""
-    rows = []
+    rows, scale = [], scale_of(groups)
     for label, folders in groups.items():
         drop = drop_from_best(folders)
         rows.append(TargetRow(paper="FLAME", target=f"no collapse: ends near its best round ({label})",
                               measured=drop, goal=f"> -{COLLAPSE_TOLERANCE * 100:.1f}",
                               verdict=judge_target(drop, -COLLAPSE_TOLERANCE), command=command,
-                              note="final - best evaluated round, paired per seed", seeds=len(folders)))
+                              note="final - best evaluated round, paired per seed", seeds=len(folders),
+                              run_scale=scale))
     return rows
 
 
 def rescaler_targets(runs: dict[str, Sequence[Path]], setting: str, command: str) -> list[TargetRow]:
     """The paper's ordering learnable >= fixed >= none as report rows, each a paired difference judged > 0."""
-    rows = []
+    rows, scale = [], scale_of(runs)
     for better, worse in (("learnable", "fixed"), ("fixed", "none")):
         diff = compare(runs[better], runs[worse]).difference
         rows.append(TargetRow(paper="FLAME", target=f"{better} rescaler >= {worse} ({setting})", measured=diff,
                               goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
-                              note=f"{better} - {worse}, paired", seeds=len(runs[better])))
+                              note=f"{better} - {worse}, paired", seeds=len(runs[better]), run_scale=scale))
     return rows
 
 
@@ -364,36 +367,40 @@ def tier_scores(folder: str | Path) -> dict[str, Any]:
     return cached_json(Path(folder) / TIER_SCORES_FILE, compute)
 
 
-def _tier_items(runs: Sequence[Path], jobs: int | None = None) -> dict[str, np.ndarray]:
+def _tier_items(runs: Sequence[Path], jobs: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """Per-item scores ``[seed, item]`` of each tier's own-top-k model (:func:`tier_scores`), runs sorted by seed,
-    keyed ``"tier 1 (top-2)"``; tiers that did not train in every seed's run are left out."""
-    compute_all(tier_scores, runs, TIER_SCORES_FILE, jobs)
+    keyed ``"tier 1 (top-2)"``; tiers that did not train in every seed's run are left out (``progress``: a bar
+    over the runs still to score)."""
+    compute_all(tier_scores, runs, TIER_SCORES_FILE, jobs, progress)
     per_run = [tier_scores(f)["tiers"] for f in sorted(runs, key=seed_of)]
     return {f"tier {tier} (top-{per_run[0][tier]['top_k']})": np.array([t[tier]["item_scores"] for t in per_run])
             for tier in sorted(set.intersection(*(set(t) for t in per_run)), key=int)}
 
 
-def tier_table(runs: Sequence[Path], jobs: int | None = None) -> dict[str, Interval]:
+def tier_table(runs: Sequence[Path], jobs: int | None = None, progress: bool = False) -> dict[str, Interval]:
     """FLAME's global model and each tier's own-top-k model over seeds (``"global"``, ``"tier 1 (top-2)"``), and
     each tier model minus the global model paired over seeds and items (``"tier 1 (top-2) - global"``). Tiers
-    that did not train in every seed's run are left out."""
+    that did not train in every seed's run are left out; runs not yet scored are scored in ``jobs`` processes
+    (``progress``: a bar over them)."""
     runs = sorted(runs, key=seed_of)
     table = {"global": score_interval(runs)}
-    for name, items in _tier_items(runs, jobs).items():
+    for name, items in _tier_items(runs, jobs, progress).items():
         table[name] = mean_ci(items.mean(axis=1).tolist())
         table[f"{name} - global"] = paired_difference(items, np.stack([item_scores(f) for f in runs]))
     return table
 
 
 def deployed_targets(flame_runs: Sequence[Path], baseline_runs: Sequence[Path], baseline: str, setting: str,
-                     horizon: str, command: str, jobs: int | None = None) -> list[TargetRow]:
+                     horizon: str, command: str, jobs: int | None = None, progress: bool = False
+                     ) -> list[TargetRow]:
     """Where a gap of FLAME's global model comes from, as report rows (the kit's diagnostic, not a paper claim).
 
     The global model is scored at the model's full top-k, but a weak-tier client trains (and would deploy) the
     global LoRA at its own top-k_i through its rescaler. Per weak tier, on each run's final model, paired over
     seeds and items: the tier's own model minus FLAME's global model (above 0: the global score understates what
     that tier's clients trained, a train/deploy top-k mismatch rather than a failed aggregation), and the tier's
-    model minus ``baseline``'s global model (what is left of the gap once each tier runs its own top-k)."""
+    model minus ``baseline``'s global model (what is left of the gap once each tier runs its own top-k).
+    ``progress``: a bar over the FLAME runs whose tier models are still to score."""
     flame_runs = sorted(flame_runs, key=seed_of)
     baseline_runs = sorted(baseline_runs, key=seed_of)
     if [seed_of(f) for f in flame_runs] != [seed_of(f) for f in baseline_runs]:
@@ -401,8 +408,8 @@ def deployed_targets(flame_runs: Sequence[Path], baseline_runs: Sequence[Path], 
                          f"{[seed_of(f) for f in flame_runs]} and {[seed_of(f) for f in baseline_runs]}: "
                          "run the missing seeds first")
     references = {"FLAME's global model (full top-k)": flame_runs, f"{baseline}'s global model": baseline_runs}
-    rows = []
-    for name, items in _tier_items(flame_runs, jobs).items():
+    rows, scale = [], scale_of(references)
+    for name, items in _tier_items(flame_runs, jobs, progress).items():
         if name.startswith("tier 0 "):  # tier 0 runs the full top-k: its model is the global model
             continue
         for label, runs in references.items():
@@ -410,5 +417,5 @@ def deployed_targets(flame_runs: Sequence[Path], baseline_runs: Sequence[Path], 
             rows.append(TargetRow(paper="FLAME", target=f"diagnostic: {name} model >= {label} ({setting}, {horizon})",
                                   measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
                                   note="the global LoRA at the tier's own top-k through its rescaler; final "
-                                       "round, paired", seeds=len(flame_runs)))
+                                       "round, paired", seeds=len(flame_runs), run_scale=scale))
     return rows

@@ -54,7 +54,7 @@ from fedmoe.fl.devices import get_device
 from fedmoe.report import HeadToHeadRow, TargetRow
 from fedmoe.results import curve, load_config_dict, load_rounds
 from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval, judge_target, mean_ci
-from fedmoe.studies.evidence import compare, head_to_head_row, score_interval, seed_of
+from fedmoe.studies.evidence import compare, head_to_head_row, scale_of, score_interval, seed_of
 from fedmoe.studies.grid import run_configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -346,9 +346,10 @@ def targets(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLINE_SU
     where, command = _benchmark(folders, suite)
     gap = compare(folders["flux", suite], folders["fmd", suite]).difference
     overhead = overhead_interval(folders["flux", suite])
+    scale = scale_of(folders)
     rows = [TargetRow(paper="FLUX", target=f"FLUX final score within 2 points of FMD ({where})", measured=gap,
                       goal=">= -2.0", verdict=judge_target(gap, -0.02), command=command, seeds=n,
-                      note="FLUX - FMD at the end of each run, paired over seeds and test items")]
+                      note="FLUX - FMD at the end of each run, paired over seeds and test items", run_scale=scale)]
     for key, goal, text in (("best", 2.0, "the best of FMD/FMQ/FMES"), ("slowest", 4.75, "the slowest of them")):
         sp = result.speedups[key]
         rows.append(TargetRow(paper="FLUX", target=f"time-to-accuracy speedup over {text} ({where})",
@@ -356,11 +357,12 @@ def targets(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLINE_SU
                               command=command, seeds=n, scale=1.0, digits=2,
                               note=f"geometric mean over seeds, {sp.kind}; target {result.target.format()} points "
                                    f"(base + 90% of FMD's gain); equal horizon {result.horizon.mean:.0f} "
-                                   "simulated s"))
+                                   "simulated s", run_scale=scale))
     rows.append(TargetRow(paper="FLUX", target=f"FLUX overhead <= 5% of a round ({where})", measured=overhead,
                           goal="<= 5.0%", verdict=judge_target(overhead, 0.05, higher_is_better=False),
                           command=command, seeds=n, digits=2,
-                          note="profiling time not hidden by stale profiling, share of the round, in percent"))
+                          note="profiling time not hidden by stale profiling, share of the round, in percent",
+                          run_scale=scale))
     return rows
 
 
@@ -594,21 +596,23 @@ def ablation_targets(merge_rows: Sequence[dict[str, Any]], stale: Sequence[str |
     the paper's size in the note), stale profiling cuts round time (saving > 0) with < 2 points of staleness
     error."""
     n = len({r["seed"] for r in merge_rows})
-    rows = []
+    rows, scale = [], scale_of([*stale, *fresh])
     for (name, _, _), paper, (_, red) in zip(MERGE_CONTRASTS, PAPER_MERGE_REDUCTIONS,
                                              merge_reductions(merge_rows).items(), strict=True):
         rows.append(TargetRow(paper="FLUX", target=f"{name}: lower merge output error", measured=red, goal="> 0%",
                               verdict=judge_target(red, 0.0), command=ABLATION_COMMAND, seeds=n,
-                              note=f"relative reduction, percent (paper: {paper}%); equal slot totals"))
+                              note=f"relative reduction, percent (paper: {paper}%); equal slot totals",
+                              run_scale=scale))
     effect = stale_profiling_effect(stale, fresh)
     saving, err = effect["round_time_saving"], effect["stale_error"]
     rows.append(TargetRow(paper="FLUX", target="stale profiling cuts round time", measured=saving, goal="> 0%",
                           verdict=judge_target(saving, 0.0), command=ABLATION_COMMAND, seeds=saving.n,
-                          note="1 - stale / fresh mean simulated round, percent (paper: 28.2%)"))
+                          note="1 - stale / fresh mean simulated round, percent (paper: 28.2%)", run_scale=scale))
     rows.append(TargetRow(paper="FLUX", target="stale profiling adds < 2 points of profiling error", measured=err,
                           goal="< 2.0", verdict=judge_target(err, 0.02, higher_is_better=False),
                           command=ABLATION_COMMAND, seeds=err.n,
-                          note="relative L1 distance of the stale to the current profile, points"))
+                          note="relative L1 distance of the stale to the current profile, points",
+                          run_scale=scale))
     return rows
 
 
@@ -619,13 +623,14 @@ EPS_FIXED = (0.3, 0.7)
 def eps_targets(ramp: Sequence[str | Path], fixed: dict[float, Sequence[str | Path]]) -> list[TargetRow]:
     """The paper's eps-schedule claim as report rows: the ramp's final score minus each fixed eps's, paired over
     seeds and test items, must be > 0 (the paper reports that the ramp beat both, size unknown)."""
-    rows = []
+    rows, scale = [], scale_of(ramp)
     for eps, runs in sorted(fixed.items()):
         diff = compare(ramp, runs).difference
         rows.append(TargetRow(paper="FLUX", target=f"ramp eps schedule beats fixed eps {eps:g} (final score)",
                               measured=diff, goal="> 0.0", verdict=judge_target(diff, 0.0),
                               command=ABLATION_COMMAND, seeds=len(by_seed(runs)),
-                              note="ramp - fixed at the end of each run, points, paired over seeds and items"))
+                              note="ramp - fixed at the end of each run, points, paired over seeds and items",
+                              run_scale=scale))
     return rows
 
 
@@ -650,10 +655,11 @@ def round_time_ratios(runs: dict[tuple[str, int], Sequence[str | Path]], baselin
 def scalability_targets(runs: dict[tuple[str, int], Sequence[str | Path]]) -> list[TargetRow]:
     """The scalability study as report rows: FLUX's round stays shorter than FMD's (ratio > 1) at every number of
     participating clients (the paper varies 10 -> 30; what it measured there is not known, the goal is ours)."""
+    scale = scale_of(runs)
     return [TargetRow(paper="FLUX", target=f"FLUX's round shorter than FMD's with {n} participating clients",
                       measured=iv, goal="> 1x", verdict=judge_target(iv, 1.0), command=SCALABILITY_COMMAND,
                       seeds=iv.n, scale=1.0, digits=2,
-                      note="FMD / FLUX mean simulated round, paired by seed; full participation")
+                      note="FMD / FLUX mean simulated round, paired by seed; full participation", run_scale=scale)
             for n, iv in round_time_ratios(runs).items()]
 
 

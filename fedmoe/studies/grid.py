@@ -21,13 +21,22 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fedmoe.config import RunConfig
+from fedmoe.config import SCALES, ConfigError, RunConfig
 from fedmoe.engines import run
 from fedmoe.experiment import check_config, run_id
 from fedmoe.results import is_finished
 
-# Run seeds per scale: smoke keeps CI fast with the fewest seeds that still give an interval.
-SEEDS = {"smoke": (0, 1), "default": (0, 1, 2), "paper": (0, 1, 2)}
+# Run seeds per scale: smoke keeps CI fast with the fewest seeds that still give an interval; classroom keeps
+# three, since an interval over two seeds (Student-t, 1 degree of freedom: 12.7 standard errors) says nothing.
+SEEDS = {"smoke": (0, 1), "classroom": (0, 1, 2), "default": (0, 1, 2), "paper": (0, 1, 2)}
+#: The line a study notebook prints first at a scale whose verdicts are no evidence (their report rows carry the
+#: short label of :data:`fedmoe.config.SCALE_CAVEATS`).
+SCALE_BANNERS = {
+    "smoke": "smoke scale: a plumbing check. Its scores and verdicts only show that every step runs; they are not "
+             "evidence (scale='classroom' shows learning in minutes, scale='default' is the study).",
+    "classroom": "classroom scale: a small model trained briefly, for teaching. Its verdicts show the mechanism, not "
+                 "the study's evidence (scale='default').",
+}
 #: A study's long-horizon check runs its key cells for LONG_FACTOR times the scale's rounds (same evaluation
 #: cadence) and scores each run as the mean of its last LONG_LAST evaluations: at the default scale the studies'
 #: curves still rise at their own horizon, so a claim is also judged where they flatten.
@@ -40,6 +49,15 @@ def seeds_for(scale: str) -> tuple[int, ...]:
     if scale not in SEEDS:
         raise ValueError(f"unknown scale {scale!r}; use one of {sorted(SEEDS)}")
     return SEEDS[scale]
+
+
+def print_scale_banner(scale: str) -> None:
+    """Print the banner of ``scale`` (:data:`SCALE_BANNERS`; nothing at default or paper): every study notebook
+    calls it in its setup cell, so a smoke or classroom run is not read as evidence."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; use one of {SCALES}")
+    if scale in SCALE_BANNERS:
+        print(SCALE_BANNERS[scale])
 
 
 def default_jobs() -> int:
@@ -62,10 +80,16 @@ def run_cells(grid: dict, *, out_dir: str | Path, jobs: int | None = None, progr
 
 
 def with_seeds(configs: Iterable[RunConfig], seeds: Sequence[int]) -> list[RunConfig]:
-    """Every config once per seed (``seed`` drives init, sampling and batch order; ``data_seed`` stays)."""
+    """Every config once per seed (``seed`` drives init, sampling and batch order; ``data_seed`` stays).
+    A repeated seed is a :class:`~fedmoe.config.ConfigError`: its runs would be one run counted twice, and an
+    interval over them would claim a spread it never measured."""
     from dataclasses import replace
 
-    return [replace(cfg, seed=int(s)) for cfg in configs for s in seeds]
+    seeds = [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {seeds} repeat a seed: each seed must be distinct, since runs of one seed are one "
+                          "run (fix: e.g. seeds=[0, 1, 2])")
+    return [replace(cfg, seed=s) for cfg in configs for s in seeds]
 
 
 def run_configs(configs: Sequence[RunConfig], *, out_dir: str | Path, jobs: int | None = None,

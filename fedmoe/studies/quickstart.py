@@ -15,7 +15,7 @@ import fedmoe
 from fedmoe.config import RunConfig, load_config
 from fedmoe.report import TargetRow
 from fedmoe.stats import judge_target
-from fedmoe.studies.evidence import compare, score_interval
+from fedmoe.studies.evidence import compare, scale_of, score_interval
 from fedmoe.studies.grid import run_configs, with_seeds
 
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "quickstart.yaml"
@@ -46,14 +46,14 @@ def run_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, override
 
 def targets(folders: dict[str, list[Path]]) -> list[TargetRow]:
     """The quickstart's two claims, judged on paired intervals (score points)."""
-    rows = []
+    rows, scale = [], scale_of(folders)
     for other, goal, text in (("local", 0.0, "FedIT beats local-only training"),
                               ("central", -0.05, "FedIT within 5 points of central training")):
         diff = compare(folders["fedit"], folders[other]).difference
         rows.append(TargetRow(paper="quickstart", target=text, measured=diff, goal=f"> {100 * goal:+.1f} points",
                               verdict=judge_target(diff, goal), command=COMMAND,
                               note=f"FedIT - {other}, paired over seeds and test items",
-                              seeds=len(folders["fedit"])))
+                              seeds=len(folders["fedit"]), run_scale=scale))
     return rows
 
 
