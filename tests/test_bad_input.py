@@ -135,7 +135,8 @@ def no_model(monkeypatch):
 
 def _fails_cleanly(capsys, argv, match, out_dir=None, *, progress=False):
     """Run ``fedmoe ARGV``: exit 2, one stderr line matching ``match`` (after the progress bars of a run that
-    loaded a model when ``progress``), no traceback, nothing in ``out_dir``."""
+    loaded a model when ``progress``), no traceback, nothing in ``out_dir``; returns the line (shared by
+    tests/test_bounded_inputs.py)."""
     code = cli.main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err, err
@@ -145,6 +146,7 @@ def _fails_cleanly(capsys, argv, match, out_dir=None, *, progress=False):
     assert re.search(match, err), err
     if out_dir is not None:
         assert not out_dir.exists(), f"{out_dir} was written"
+    return err
 
 
 @pytest.mark.parametrize("args,match", [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])

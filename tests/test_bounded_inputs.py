@@ -7,11 +7,11 @@ import importlib
 import inspect
 import os
 import pkgutil
-import re
 import sys
 from dataclasses import replace
 
 import pytest
+from test_bad_input import _fails_cleanly
 
 import fedmoe
 from fedmoe import cli
@@ -22,19 +22,6 @@ from fedmoe.studies.grid import with_seeds
 
 QUICKSTART = "reproduce/configs/quickstart.yaml"
 SMOKE = ["--scale", "smoke"]
-
-
-def _one_line_error(capsys, argv, match, *, progress=False):
-    """Run ``fedmoe ARGV``: exit 2, one ``fedmoe: error:`` line matching ``match`` (the last stderr line after a
-    loaded model's progress bars when ``progress``), no traceback."""
-    code = cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "Traceback" not in err, err
-    if progress:
-        err = err.splitlines()[-1]
-    assert err.startswith("fedmoe: error: ") and "\n" not in err, err
-    assert re.search(match, err), err
-    return err
 
 
 def _kit_exception_classes():
@@ -58,7 +45,7 @@ def test_every_kit_exception_class_ends_in_one_cli_line(monkeypatch, capsys):
             raise cls(f"{cls.__name__}: the problem\nand the fix")
 
         monkeypatch.setattr(cli, "_run", fail)
-        _one_line_error(capsys, ["run"], rf"{cls.__name__}: the problem and the fix")
+        _fails_cleanly(capsys, ["run"], rf"{cls.__name__}: the problem and the fix")
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
@@ -73,7 +60,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 def test_a_round_no_client_answers_is_one_line_and_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "results"
-    _one_line_error(capsys, ["run", QUICKSTART, *SMOKE, "--set", "fed.dropout=0.999", "--out", str(out)],
+    _fails_cleanly(capsys, ["run", QUICKSTART, *SMOKE, "--set", "fed.dropout=0.999", "--out", str(out)],
                     r"round 1: fewer than 1 of \d+ sampled clients .*lower fed\.min_fit_fraction / fed\.dropout",
                     progress=True)
     assert not out.exists()  # it failed before its first checkpoint: what it wrote is gone
@@ -84,7 +71,7 @@ def test_an_unreadable_checkpoint_is_one_line_and_is_left_as_it_was(tmp_path, ca
     folder.create()
     folder.write_config(check_config(load_config(QUICKSTART, [], scale="smoke")))
     folder.checkpoint_path.write_bytes(b"not a checkpoint")
-    _one_line_error(capsys, ["run", QUICKSTART, *SMOKE, "--out", str(folder.path.parent), "--name", "run"],
+    _fails_cleanly(capsys, ["run", QUICKSTART, *SMOKE, "--out", str(folder.path.parent), "--name", "run"],
                     r"cannot read the checkpoint .*checkpoint\.pt .*delete it to restart", progress=True)
     assert folder.checkpoint_path.read_bytes() == b"not a checkpoint" and folder.has_config()
 
@@ -92,7 +79,7 @@ def test_an_unreadable_checkpoint_is_one_line_and_is_left_as_it_was(tmp_path, ca
 def test_a_hub_dataset_that_cannot_load_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "results"
-    _one_line_error(capsys, ["run", *SMOKE, "--set", "data.source=no-such-org/no-such-set", "--out", str(out)],
+    _fails_cleanly(capsys, ["run", *SMOKE, "--set", "data.source=no-such-org/no-such-set", "--out", str(out)],
                     r"could not load Hub dataset 'no-such-org/no-such-set'.*Fix:", progress=True)
     assert not out.exists()
 
@@ -100,7 +87,7 @@ def test_a_hub_dataset_that_cannot_load_is_one_line(tmp_path, capsys, monkeypatc
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "/tmp/x", "a\\b"])
 def test_run_names_stay_inside_out(name, tmp_path, capsys):
     out = tmp_path / "results"
-    _one_line_error(capsys, ["run", QUICKSTART, *SMOKE, "--name", name, "--out", str(out)],
+    _fails_cleanly(capsys, ["run", QUICKSTART, *SMOKE, "--name", name, "--out", str(out)],
                     r"run name .* is invalid: expected one folder name inside out_dir.*--name my-run")
     assert list(tmp_path.iterdir()) == []
 
@@ -115,7 +102,7 @@ def test_a_run_name_given_to_the_api_stays_inside_out_dir(tmp_path):
 
 def test_threads_are_bounded_by_the_cores(tmp_path, capsys):
     cores = os.cpu_count() or 1
-    _one_line_error(capsys, ["run", QUICKSTART, *SMOKE, "--set", "threads=1000", "--out", str(tmp_path / "r")],
+    _fails_cleanly(capsys, ["run", QUICKSTART, *SMOKE, "--set", "threads=1000", "--out", str(tmp_path / "r")],
                     rf"threads=1000 is invalid: expected at most this machine's {cores} CPU cores "
                     r"\(fix: e\.g\. --set threads=1\)")
     assert validate(replace(RunConfig(scale="smoke"), threads=cores)).threads == cores  # the bound itself is fine
@@ -123,7 +110,7 @@ def test_threads_are_bounded_by_the_cores(tmp_path, capsys):
 
 
 def test_repeated_seeds_are_an_error(tmp_path, capsys):
-    _one_line_error(capsys, ["run", QUICKSTART, *SMOKE, "--seeds", "0,00", "--out", str(tmp_path / "r")],
+    _fails_cleanly(capsys, ["run", QUICKSTART, *SMOKE, "--seeds", "0,00", "--out", str(tmp_path / "r")],
                     r"--seeds '0,00' is invalid: expected distinct")
     cfg = RunConfig(scale="smoke")
     with pytest.raises(ConfigError, match=r"seeds \[0, 0\] repeat a seed.*seeds=\[0, 1, 2\]"):
@@ -150,7 +137,7 @@ def test_a_refused_run_never_harms_the_run_that_took_its_folder_late(tmp_path, c
         real_lock(self)
 
     monkeypatch.setattr(RunFolder, "lock", stalled_lock)
-    _one_line_error(capsys, ["run", QUICKSTART, *SMOKE, "--out", str(out), "--name", "race"],
+    _fails_cleanly(capsys, ["run", QUICKSTART, *SMOKE, "--out", str(out), "--name", "race"],
                     r"race is being written by another run .*another run name or out_dir")
     assert winner._lock_fd is not None, "the stall never happened"
     files = _winner_files(winner)
