@@ -323,15 +323,34 @@ def readme_section(report_text: str) -> str:
             f"{tables}\n\nEvery method on the shared benchmark: [figures/REPORT.md](figures/REPORT.md).")
 
 
-def sync_readme(readme_text: str, report_text: str) -> str:
-    """``readme_text`` with the text between :data:`README_START` and :data:`README_END` replaced by the section.
-
-    Everything outside the markers is kept byte for byte. Raises ValueError when a marker is missing or they are
-    out of order.
-    """
-    start, end = readme_text.find(README_START), readme_text.find(README_END)
+def replace_block(text: str, start_marker: str, end_marker: str, body: str, where: str) -> str:
+    """``text`` with what lies between two marker lines replaced by ``body``; everything outside is kept byte for
+    byte. Raises ValueError naming the markers and ``where`` they belong when one is missing or out of order."""
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < 0 or end < start:
-        raise ValueError(f"README.md needs the markers {README_START} and {README_END}, in that order, each on its "
-                         f"own line, where the generated results go (under a '## Results (generated)' heading)")
-    head, tail = readme_text[:start + len(README_START)], readme_text[end:]
-    return f"{head}\n{readme_section(report_text)}\n{tail}"
+        raise ValueError(f"README.md needs the markers {start_marker} and {end_marker}, in that order, each on its "
+                         f"own line, {where}")
+    return f"{text[:start + len(start_marker)]}\n{body}\n{text[end:]}"
+
+
+def sync_readme(readme_text: str, report_text: str) -> str:
+    """``readme_text`` with the text between :data:`README_START` and :data:`README_END` replaced by the section."""
+    return replace_block(readme_text, README_START, README_END, readme_section(report_text),
+                         "where the generated results go (under a '## Results (generated)' heading)")
+
+
+#: The README's block of measured notebook times (``reproduce/make_report.py --timings``).
+TIMINGS_START, TIMINGS_END = "<!-- timings:start -->", "<!-- timings:end -->"
+
+
+def timings_table(runs: Sequence[dict[str, dict]], machine: str) -> str:
+    """A markdown table of executed notebooks' wall seconds, a column per scale, from the ``timings.json`` files
+    ``reproduce/run_notebooks.py`` writes (one per executed scale: ``{notebook: {scale, wall_s, images, jobs}}``)."""
+    cells = {(nb, t["scale"]): t for timings in runs for nb, t in timings.items()}
+    scales = sorted({scale for _, scale in cells})
+    rows = [[f"`{nb}`", *(f"{cells[nb, sc]['wall_s']:.0f} s ({cells[nb, sc]['images']} figures)"
+                          if (nb, sc) in cells else "—" for sc in scales)]
+            for nb in sorted({nb for nb, _ in cells})]
+    jobs = sorted({t["jobs"] for t in cells.values()})
+    return "\n".join([f"Measured on {machine}, JOBS={'/'.join(map(str, jobs))}: wall seconds of one papermill "
+                      f"execution each, inline figures in brackets.", "", *_table(["notebook", *scales], rows)])

@@ -9,11 +9,15 @@ Before it writes, it says which sections were measured in an environment other t
     python reproduce/make_report.py --sections figures/report   # write the report, update the README
     python reproduce/make_report.py --readme-only               # re-paste the README from the committed report
     python reproduce/make_report.py --check                     # exit 1 if the README differs from the report
+    python reproduce/make_report.py --timings results/notebooks/smoke/timings.json   # paste measured notebook times
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -21,10 +25,14 @@ from fedmoe.environment import environment
 from fedmoe.report import (
     README_COMMAND,
     REPORT_COMMAND,
+    TIMINGS_END,
+    TIMINGS_START,
     drift_notice,
     load_sections,
     render_report,
+    replace_block,
     sync_readme,
+    timings_table,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="the README holding the markers")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--readme-only", action="store_true", help="re-paste the README from the committed report")
+    mode.add_argument("--timings", nargs="+", metavar="TIMINGS_JSON",
+                      help="paste the notebook times of these run_notebooks.py timings.json files into README.md")
     mode.add_argument("--check", action="store_true",
                       help="exit 1 if the README's section differs from what the committed report generates")
     args = parser.parse_args(argv)
@@ -52,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """The work of :func:`main` once the arguments are parsed."""
     report_path, readme_path = Path(args.report), Path(args.readme)
+    if args.timings:
+        runs = [json.loads(Path(path).read_text()) for path in args.timings]
+        machine = f"{platform.machine()} {environment()['cpu_capability']}, {os.cpu_count()} cores"
+        readme_path.write_text(replace_block(readme_path.read_text(), TIMINGS_START, TIMINGS_END,
+                                             timings_table(runs, machine), "where the notebook times go"))
+        print(f"updated {readme_path} (notebook times)")
+        return 0
 
     if not (args.readme_only or args.check):
         sections = load_sections(args.sections)

@@ -186,3 +186,20 @@ def test_target_row_summary_prints_the_interval_in_the_row_units():
     assert PARITY.summary() == "UNRESOLVED final score minus FMD's: -1.2 ± 2.9 [-4.1, 1.7] (goal >= -2 points)"
     assert SPEEDUP.summary() == ("MET        time-to-accuracy speedup vs best baseline: 2.31 ± 0.28 [2.05, 2.60] "
                                  "(goal >= 2.0x)")
+
+
+def test_timings_table_has_a_column_per_scale_and_a_row_per_notebook():
+    from fedmoe.report import TIMINGS_END, TIMINGS_START, replace_block, timings_table
+
+    smoke = {"learn/01.ipynb": {"scale": "smoke", "wall_s": 41.26, "images": 2, "jobs": 2},
+             "00_quickstart.ipynb": {"scale": "smoke", "wall_s": 39.0, "images": 2, "jobs": 2}}
+    default = {"00_quickstart.ipynb": {"scale": "default", "wall_s": 3105.0, "images": 2, "jobs": 2}}
+    table = timings_table([smoke, default], "x86_64 AVX2, 2 cores")
+    assert "| notebook | default | smoke |" in table
+    assert "| `00_quickstart.ipynb` | 3105 s (2 figures) | 39 s (2 figures) |" in table
+    assert "| `learn/01.ipynb` | — | 41 s (2 figures) |" in table
+    readme = f"intro\n{TIMINGS_START}\nold\n{TIMINGS_END}\nrest\n"
+    assert replace_block(readme, TIMINGS_START, TIMINGS_END, table, "here") == \
+        f"intro\n{TIMINGS_START}\n{table}\n{TIMINGS_END}\nrest\n"
+    with pytest.raises(ValueError, match="needs the markers"):
+        replace_block("no markers", TIMINGS_START, TIMINGS_END, table, "here")
