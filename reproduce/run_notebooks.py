@@ -19,6 +19,7 @@ from pathlib import Path
 
 import papermill as pm
 
+from fedmoe.config import SCALES
 from fedmoe.environment import environment
 from fedmoe.report import drift_notice, load_sections
 
@@ -55,7 +56,7 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Run the selected notebooks; print each one's wall time."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scale", default="default", choices=__import__("fedmoe.config", fromlist=["SCALES"]).SCALES)
+    parser.add_argument("--scale", default="default", choices=SCALES)
     parser.add_argument("--out", default="results/notebooks", help="folder for executed notebooks")
     parser.add_argument("--figures", default=None, help="figures folder (default: <out>/figures)")
     parser.add_argument("--results", default="results", help="parent folder of run folders")
