@@ -43,11 +43,15 @@ def _merge_timings(path: Path, timings: dict) -> None:
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
-    """The notebooks to run, in order (quickstart first), optionally filtered by name substrings."""
+    """The notebooks to run, in order (quickstart first), optionally filtered by name substrings. Without a
+    filter, the study notebooks only: the teaching notebooks (``notebooks/learn/``) reproduce no paper figure and
+    run when named (``--only learn/``, as ``make nbval`` does)."""
     found = sorted((ROOT / "notebooks").rglob("*.ipynb"))
     found = [p for p in found if "_out" not in p.parts and ".ipynb_checkpoints" not in p.parts]
     if only:
         found = [p for p in found if any(key in str(p.relative_to(ROOT)) for key in only)]
+    else:
+        found = [p for p in found if "learn" not in p.relative_to(ROOT / "notebooks").parts[:1]]
     if not found:
         raise SystemExit(f"no notebook matches {only}; notebooks live under {ROOT / 'notebooks'}")
     return found
