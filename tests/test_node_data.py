@@ -64,6 +64,16 @@ def test_a_node_loads_only_its_own_file_in_a_published_schema(tmp_path):
     assert describe_node(NodeSpec(data_file="x"), examples) == {"num_examples": 7, "device": ""}
 
 
+def test_a_node_reads_its_file_as_the_runs_data_kind(tmp_path):
+    from dataclasses import replace
+
+    cfg = load_config(None, scale="smoke")
+    path = _dolly_file(tmp_path / "c.jsonl", DOLLY)
+    cfg = replace(cfg, data=replace(cfg.data, kind="gsm"))  # the kind the run names applies on the node too
+    with pytest.raises(ValueError, match="gsm"):
+        load_node_examples(NodeSpec(data_file=str(path)), cfg)
+
+
 def test_a_missing_or_malformed_node_file_is_a_clear_error(tmp_path):
     cfg = load_config(None, scale="smoke")
     with pytest.raises(NodeConfigError, match=r"data-file='/no/such.jsonl': no such file on this node \(fix"):

@@ -79,8 +79,9 @@ def parse_node_config(node_config: Mapping[str, Any]) -> NodeSpec:
 
 
 def load_node_examples(spec: NodeSpec, cfg: RunConfig) -> list[Example]:
-    """The node's training examples: every row of its data file (its published schema inferred from the
-    columns), or its partition of the run's data (``num_partitions`` defaults to ``fed.num_clients``)."""
+    """The node's training examples: every row of its data file (its published schema ``data.kind`` when the run
+    sets it, else inferred from the columns), or its partition of the run's data (``num_partitions`` defaults to
+    ``fed.num_clients``)."""
     if spec.data_file is not None:
         from fedmoe.data.loaders import load_records
 
@@ -88,7 +89,7 @@ def load_node_examples(spec: NodeSpec, cfg: RunConfig) -> list[Example]:
         if not path.is_file():
             raise NodeConfigError(f"SuperNode --node-config {DATA_FILE}={spec.data_file!r}: no such file on this "
                                   "node (fix: give the absolute path of a .jsonl/.json/.csv/.parquet file)")
-        return load_records(path, seed=cfg.data_seed)
+        return load_records(path, kind=cfg.data.kind, seed=cfg.data_seed)
     from fedmoe.data.partition import partition
     from fedmoe.data.task_data import load_task_data
 
