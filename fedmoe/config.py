@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from fedmoe.errors import ConfigError
+
 #: The size presets, smallest first: ``smoke`` checks the plumbing in seconds (its scores teach nothing),
 #: ``classroom`` shows a study learning in a few CPU minutes, ``default`` is what ``make reproduce`` runs,
 #: ``paper`` runs a real checkpoint. Every ``--scale`` choice of the CLI and the scripts reads this tuple.
@@ -39,11 +41,6 @@ SCALES = ("smoke", "classroom", "default", "paper")
 #: label their verdicts with it (:class:`fedmoe.report.TargetRow`; in notebooks also
 #: :func:`fedmoe.studies.grid.print_scale_banner`).
 SCALE_CAVEATS = {"smoke": "smoke: plumbing check", "classroom": "classroom scale"}
-
-
-class ConfigError(ValueError):
-    """A config value that is unknown, of the wrong type or out of range; the message is one line naming the
-    key, the value, what is expected and a fix."""
 
 
 @dataclass
@@ -64,7 +61,10 @@ class DataConfig:
     published test split, scored as is (``n_test`` of its rows, every row when it holds exactly that many; more
     than it holds is an error) while training uses ``source`` alone (likewise ``n_train`` of its rows).
     ``kind``: the dataset kind (:data:`fedmoe.data.loaders.KINDS`) of both sources, ``None`` to infer it from
-    the columns. See :func:`fedmoe.data.task_data.load_task_data`."""
+    the columns. ``n_val``: examples carved out of the training pool (``source``'s rows, never the test file)
+    before it is split over clients, seeded by ``data_seed`` so every method and seed shares them; a run with
+    ``fed.eval_split=val`` is scored on them (tuning, :mod:`fedmoe.studies.tuning`). See
+    :func:`fedmoe.data.task_data.load_task_data`."""
 
     suite: str = "gsm"
     source: str | None = None
@@ -72,6 +72,7 @@ class DataConfig:
     kind: str | None = None
     n_train: int = 1200
     n_test: int = 200
+    n_val: int = 0
     partition: str = "dirichlet"
     alpha: float = 0.5
     domains_per_client: int = 2
@@ -90,6 +91,8 @@ class FedConfig:
     ``sim_time_budget``: simulated seconds a run may use; it ends after the first round whose cumulative
     ``sim_time`` reaches the budget (``rounds`` then only caps the count; ``None``: run all ``rounds``). Methods
     compared on time (FLUX's time-to-accuracy) get one budget, so a method with cheap rounds runs more of them.
+    ``eval_split``: what the run is scored on, ``test`` (the held-out test set) or ``val`` (the ``data.n_val``
+    validation items carved from the training pool, for tuning without reading the test items).
     """
 
     num_clients: int = 10
@@ -107,6 +110,7 @@ class FedConfig:
     timeout_seconds: float = 300.0
     max_update_norm: float | None = None
     sim_time_budget: float | None = None
+    eval_split: str = "test"
 
 
 @dataclass
@@ -179,7 +183,7 @@ class RunConfig:
 #: at it they are left out of a run's identity, so adding them renames no existing run (a new field goes here
 #: only when its default changes nothing a run computes).
 NEUTRAL_ADDITIONS: dict[str, Any] = {"fed.sim_time_budget": None, "cost.base_bits": None, "data.test_source": None,
-                                     "data.kind": None}
+                                     "data.kind": None, "data.n_val": 0, "fed.eval_split": "test"}
 
 
 # The generic sizes of a scale, used where a config file gives no ``scales:`` block for it (and for runs
@@ -227,7 +231,7 @@ SCALE_PRESETS: dict[str, dict[str, Any]] = {
 # Lower bounds of numeric fields: (key, bound, strict); every listed value must be >= (or >) the bound.
 _LOWER_BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("seed", 0, False), ("data_seed", 0, False), ("threads", 1, False),
-    ("data.n_train", 1, False), ("data.n_test", 1, False), ("data.alpha", 0, True),
+    ("data.n_train", 1, False), ("data.n_test", 1, False), ("data.n_val", 0, False), ("data.alpha", 0, True),
     ("data.domains_per_client", 1, False),
     ("fed.num_clients", 1, False), ("fed.clients_per_round", 1, False), ("fed.rounds", 1, False),
     ("fed.local_steps", 1, False), ("fed.batch_size", 1, False), ("fed.lr", 0, True),
@@ -387,6 +391,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise bad_value("data.n_train", cfg.data.n_train,
                         f"at least one training example per client (fed.num_clients={fed.num_clients})",
                         max(fed.num_clients, DataConfig.n_train))
+    _check_validation_split(cfg)
     if cfg.cost.mode not in COST_MODES:
         raise bad_value("cost.mode", cfg.cost.mode, f"one of {COST_MODES}", "projection")
     _check_device(cfg)
@@ -399,6 +404,23 @@ def is_folder_name(text: str) -> bool:
     """Whether ``text`` names one folder inside its parent (non-empty, no path separator, not ``.`` or ``..``):
     a run's folder stays inside its ``out_dir``."""
     return bool(text) and not any(c in text for c in "/\\\0") and text not in (".", "..")
+
+
+def _check_validation_split(cfg: RunConfig) -> None:
+    """``fed.eval_split`` names a split, ``val`` has items to score, and carving ``data.n_val`` from the training
+    pool leaves every client a training example (a real source's pool is counted by ``check_dataset``)."""
+    from fedmoe.data.task_data import EVAL_SPLITS
+
+    data, fed = cfg.data, cfg.fed
+    if fed.eval_split not in EVAL_SPLITS:
+        raise bad_value("fed.eval_split", fed.eval_split, f"one of {EVAL_SPLITS}", "test")
+    if fed.eval_split == "val" and data.n_val == 0:
+        raise ConfigError("config key fed.eval_split='val' scores the run on the validation items, but data.n_val=0 "
+                          "carves none (fix: e.g. --set data.n_val=100, or --set fed.eval_split=test)")
+    if data.n_train - data.n_val < fed.num_clients:
+        raise bad_value("data.n_val", data.n_val, f"at most data.n_train - fed.num_clients = "
+                        f"{data.n_train - fed.num_clients} (the validation items come out of the {data.n_train} "
+                        "training examples, and every client needs one)", max(0, (data.n_train - fed.num_clients) // 5))
 
 
 def _check_device(cfg: RunConfig) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedmoe.config import ConfigError
+from fedmoe.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -12,6 +12,8 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,14 +39,48 @@ def check_config(cfg: RunConfig) -> RunConfig:
     higher layers know (the method and its options, the fleet, the projected architecture), then a real
     dataset's rows (:func:`check_dataset`). Raises :class:`~fedmoe.config.ConfigError` (a dataset's own errors:
     :class:`~fedmoe.data.loaders.DatasetFormatError`, naming the file and row); returns ``cfg`` with its method
-    options normalised."""
+    options normalised.
+
+    Entry points check before they start anything and :func:`run` checks again (a config built by hand): a config
+    this process has checked already, whose local files (:func:`_local_files`) are unchanged since, is checked once.
+    """
+    files = _local_files(cfg)
+    if files is not None and _checked_key(cfg, files) in _CHECKED:
+        return cfg
     validate(cfg)
     _check_cost(cfg.cost)
     if cfg.method not in available_methods():
         raise bad_value("method", cfg.method, f"a registered method, one of {available_methods()}", "fedit")
     cfg.method_args = check_method_args(cfg.method, cfg.method_args)
     check_dataset(cfg)
+    if files is not None:
+        _CHECKED.add(_checked_key(cfg, files))
     return cfg
+
+
+#: The configs this process has checked completely, each with the state of its local files (:func:`_checked_key`).
+_CHECKED: set[str] = set()
+
+
+def _checked_key(cfg: RunConfig, files: list) -> str:
+    return json.dumps([cfg.to_dict(), files], sort_keys=True)
+
+
+def _local_files(cfg: RunConfig) -> list[tuple[str, int, int]] | None:
+    """``(path, size, mtime)`` of what a check of ``cfg`` reads from disk: the model checkpoint folder and every file
+    beside the data sources' files (a dataset's own side files, e.g. PIQA's labels, included); ``None`` where one
+    cannot be read (the check then runs, and names the problem)."""
+    from fedmoe.data.loaders import data_files, is_local
+
+    paths = [Path(cfg.model.path).expanduser()] if cfg.model.path else []
+    try:
+        for source in (cfg.data.source, cfg.data.test_source):
+            if source is not None and is_local(source):
+                folders = {f.parent for f in data_files(source)}
+                paths += sorted(f for folder in folders for f in folder.iterdir() if f.is_file())
+        return [(str(f), (st := f.stat()).st_size, st.st_mtime_ns) for f in paths]
+    except OSError:
+        return None
 
 
 def check_dataset(cfg: RunConfig) -> None:
@@ -100,6 +136,12 @@ def check_run_name(run_name: str | None) -> None:
                           "separators or '..' (fix: e.g. --name my-run)")
 
 
+def method_options(cfg: RunConfig) -> dict[str, Any]:
+    """Every option of ``cfg``'s method as a run uses it: ``method_args`` over the options' defaults (what its
+    folder records beside the config, :data:`fedmoe.results.RESOLVED_METHOD_ARGS`)."""
+    return dataclasses.asdict(get_method(cfg.method).parse_args(cfg.method_args))
+
+
 def run_id(cfg: RunConfig) -> str:
     """Default results folder name: readable name, method, scale and the config digest."""
     return f"{cfg.name}-{cfg.method}-{cfg.scale}-{cfg.digest()}"
@@ -113,7 +155,7 @@ def open_run_folder(cfg: RunConfig, path: str | Path, resume: bool) -> RunFolder
     folder.lock()
     try:
         if not folder.has_config():
-            folder.write_config(cfg)
+            folder.write_config(cfg, method_options(cfg))
         elif not resume:
             raise FileExistsError(
                 f"{folder.path} already holds a run; pass resume=True (CLI: drop --no-resume) to continue it, "

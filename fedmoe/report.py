@@ -20,7 +20,7 @@ from pathlib import Path
 from fedmoe.config import SCALE_CAVEATS, SCALES
 from fedmoe.environment import EXACT_FIELDS, common_fingerprint, drift, drift_meaning
 from fedmoe.results import read_environments
-from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
+from fedmoe.stats import EXACT, Goal, Interval, judge
 
 #: The papers whose targets the report lists, in this order (a paper without measured rows says so).
 PAPERS = ("FLUX", "FFT-MoE", "FLAME")
@@ -30,32 +30,74 @@ REPORT_COMMAND = "python reproduce/make_report.py --sections figures/report"
 README_COMMAND = "python reproduce/make_report.py --readme-only"
 README_START, README_END = "<!-- report:start -->", "<!-- report:end -->"
 _TARGETS_START, _TARGETS_END = "<!-- targets:start -->", "<!-- targets:end -->"
+_GLANCE_START, _GLANCE_END = "<!-- glance:start -->", "<!-- glance:end -->"
 _STUDY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+#: What a claim's row scores: the server's global model, what each client deploys (|D_i|-weighted mean of the
+#: clients' deployed models, :mod:`fedmoe.studies.deployed`), or a mechanism's own measurement (time, bytes, an
+#: error or a load statistic: no model is scored).
+GLOBAL, DEPLOYED, MECHANISM = "global", "deployed", "mechanism"
+PROTOCOLS = (GLOBAL, DEPLOYED, MECHANISM)
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """A claim that must hold for another claim's test to mean anything, measured with its own interval (a FAILED
+    precondition makes the claim NOT TESTABLE, :func:`fedmoe.stats.judge`)."""
+
+    statement: str
+    measured: Interval
+    goal: Goal
+    bound: str = EXACT
+
+    @property
+    def verdict(self) -> str:
+        """The precondition's own verdict."""
+        return self.goal.judge(self.measured, self.bound)
+
+    def summary(self) -> str:
+        """``"top-1 costs less than rank 8 -> 2: 3.1 ± ... (> +0.0 points) MET"``."""
+        return f"{self.statement}: {self.goal.format(self.measured)} ({self.goal.text()}) {self.verdict}"
 
 
 @dataclass(frozen=True)
 class TargetRow:
-    """One target of a paper, as measured: the interval, the goal it is judged against and the verdict.
+    """One claim as measured: the interval, the :class:`~fedmoe.stats.Goal` it is judged against, and the verdict
+    that follows from them (:attr:`verdict`, never typed: the goal renders its own text and judges with the one
+    rule of :func:`fedmoe.stats.judge`).
 
-    ``verdict`` is :func:`fedmoe.stats.judge_target`'s word (MET / FAILED / UNRESOLVED); ``command`` is the one
-    command that regenerates the measurement; ``scale`` and ``digits`` format ``measured`` (100: a score fraction
-    shown in points; 1: a ratio such as a speedup shown as is); ``seeds`` is how many seeds it rests on.
-    ``run_scale`` is the kit scale its runs were made at (:data:`fedmoe.config.SCALES`; None: not recorded): at a
-    scale whose verdicts are no evidence (smoke, a plumbing check; classroom) the row shows its verdict labelled
-    so (:attr:`labelled_verdict`) in :meth:`summary` and in the report, while ``verdict`` stays the bare word.
+    ``command`` regenerates the measurement; ``seeds`` is how many seeds it rests on; ``protocol`` what it scores
+    (:data:`PROTOCOLS`); ``source`` where the claim is stated (a paper's section or abstract, or ``"ours"``);
+    ``bound`` whether ``measured`` is the quantity or only a bound on it (:data:`fedmoe.stats.BOUNDS`);
+    ``preconditions`` the measured claims the test needs (any FAILED: NOT TESTABLE); ``claim`` the key of the
+    declared claim and ``axis`` / ``axis_value`` the point of the setting it was measured at, for claims mapped
+    over a setting (:func:`claim_map`). ``run_scale`` is the kit scale of its runs (:data:`fedmoe.config.SCALES`;
+    None: not recorded): at a scale whose verdicts are no evidence the row shows its verdict labelled so
+    (:attr:`labelled_verdict`), while :attr:`verdict` stays the bare word.
     """
 
     paper: str
     target: str
     measured: Interval
-    goal: str
-    verdict: str
+    goal: Goal
     command: str
     note: str = ""
     seeds: int | None = None
-    scale: float = 100.0
-    digits: int = 1
     run_scale: str | None = None
+    protocol: str = GLOBAL
+    source: str = ""
+    bound: str = EXACT
+    preconditions: tuple[Precondition, ...] = ()
+    claim: str = ""
+    axis: str | None = None
+    axis_value: float | str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """MET / FAILED / UNRESOLVED from the goal, or NOT TESTABLE when a precondition FAILED."""
+        return judge(self.measured, self.goal, bound=self.bound,
+                     preconditions=tuple(p.verdict for p in self.preconditions))
 
     @property
     def labelled_verdict(self) -> str:
@@ -65,18 +107,21 @@ class TargetRow:
         return f"{self.verdict} ({caveat})" if caveat else self.verdict
 
     def summary(self) -> str:
-        """One printable line: the verdict (labelled by its scale), the target, the measured interval in the row's
+        """One printable line: the verdict (labelled by its scale), the target, the measured interval in the goal's
         units and the goal."""
-        return (f"{self.labelled_verdict:<10} {self.target}: {self.measured.format(self.scale, self.digits)} "
-                f"(goal {self.goal})")
+        return f"{self.labelled_verdict:<10} {self.target}: {self.goal.format(self.measured)} (goal {self.goal.text()})"
 
     def __post_init__(self):
-        if self.verdict not in (MET, FAILED, UNRESOLVED):
-            raise ValueError(f"TargetRow {self.target!r}: verdict must be MET, FAILED or UNRESOLVED (from "
-                             f"fedmoe.stats.judge_target), got {self.verdict!r}")
         if self.run_scale is not None and self.run_scale not in SCALES:
             raise ValueError(f"TargetRow {self.target!r}: run_scale must be one of {SCALES} or None, got "
                              f"{self.run_scale!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"TargetRow {self.target!r}: protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if not isinstance(self.goal, Goal):
+            raise TypeError(f"TargetRow {self.target!r}: goal must be a fedmoe.stats.Goal (it renders its own text "
+                            f"and judges the row), got {self.goal!r}")
+        if (self.axis is None) != (self.axis_value is None):
+            raise ValueError(f"TargetRow {self.target!r}: give both axis and axis_value, or neither")
 
 
 @dataclass(frozen=True)
@@ -115,6 +160,24 @@ def _interval_from_json(data: dict) -> Interval:
     return Interval(**{k: (math.nan if v is None else v) for k, v in data.items()})
 
 
+def _row_to_json(row: TargetRow) -> dict:
+    """A target row as JSON: its fields (the goal and preconditions as objects) and, for a reader without the
+    package, its goal text and verdict (recomputed on load, never read back)."""
+    data = {**asdict(row), "measured": _interval_to_json(row.measured), "goal": row.goal.to_json(),
+            "preconditions": [{**asdict(p), "measured": _interval_to_json(p.measured), "goal": p.goal.to_json()}
+                              for p in row.preconditions]}
+    return {**data, "goal_text": row.goal.text(), "verdict": row.verdict}
+
+
+def _row_from_json(data: dict) -> TargetRow:
+    """Inverse of :func:`_row_to_json`."""
+    fields = {k: v for k, v in data.items() if k not in ("goal_text", "verdict")}
+    pre = tuple(Precondition(**{**p, "measured": _interval_from_json(p["measured"]), "goal": Goal(**p["goal"])})
+                for p in fields.pop("preconditions", []))
+    return TargetRow(**{**fields, "measured": _interval_from_json(fields["measured"]), "goal": Goal(**fields["goal"]),
+                        "preconditions": pre})
+
+
 def save_section(folder: str | Path, study: str, targets: Sequence[TargetRow] = (),
                  head_to_head: Sequence[HeadToHeadRow] = (), environment: dict | None = None) -> Path:
     """Write ``<folder>/<study>.json`` (e.g. ``figures/report/flame.json``) and return its path.
@@ -127,7 +190,7 @@ def save_section(folder: str | Path, study: str, targets: Sequence[TargetRow] = 
         raise ValueError(f"study name {study!r} must be lower-case letters, digits, '-' or '_' (it names the file)")
     data = {
         "study": study,
-        "targets": [{**asdict(row), "measured": _interval_to_json(row.measured)} for row in targets],
+        "targets": [_row_to_json(row) for row in targets],
         "head_to_head": [{**asdict(row), "score": _interval_to_json(row.score)} for row in head_to_head],
         "environment": environment if environment is not None else common_fingerprint(read_environments()),
     }
@@ -147,8 +210,7 @@ def load_sections(folder: str | Path) -> list[Section]:
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
         try:
-            targets = tuple(TargetRow(**{**row, "measured": _interval_from_json(row["measured"])})
-                            for row in data["targets"])
+            targets = tuple(_row_from_json(row) for row in data["targets"])
             rows = tuple(HeadToHeadRow(**{**row, "score": _interval_from_json(row["score"])})
                          for row in data["head_to_head"])
             sections.append(Section(data["study"], targets, rows, data.get("environment")))
@@ -187,22 +249,64 @@ def _paper_tables(sections: Sequence[Section]) -> list[str]:
     papers = list(PAPERS) + sorted(set(by_paper) - set(PAPERS))
     lines = [] if by_paper else ["No study has been run with seeds and intervals yet.", ""]
     lines.append("Measured: mean ± half-width [95% confidence interval], scores in points out of 100, ratios as "
-                 "they are. A target is MET only when its whole interval clears the goal, FAILED only when its whole "
-                 "interval is on the wrong side, otherwise UNRESOLVED.")
+                 "they are. A target is MET only when its whole interval clears the goal (an interval touching it "
+                 "does not), FAILED only when its whole interval is on the wrong side, otherwise UNRESOLVED; NOT "
+                 "TESTABLE when a precondition it needs FAILED. Protocol: `global` scores the server's global model, "
+                 "`deployed` the |D_i|-weighted mean of what each client deploys, `mechanism` a measurement that "
+                 "scores no model (time, error, load). Source: where the paper states the claim, or `ours`.")
     for paper in papers:
         lines += ["", f"### {paper}", ""]
         rows = by_paper.get(paper)
         if not rows:
             lines.append("Not yet measured with seeds.")
             continue
-        lines += _table(["target", "measured", "goal", "verdict", "seeds", "command"], [
-            [r.target, r.measured.format(r.scale, r.digits), r.goal, f"**{r.labelled_verdict}**",
+        lines += _table(["target", "source", "protocol", "measured", "goal", "verdict", "preconditions", "seeds",
+                         "command"], [
+            [r.target, r.source or "—", r.protocol, r.goal.format(r.measured), r.goal.text(),
+             f"**{r.labelled_verdict}**", " / ".join(p.verdict for p in r.preconditions) or "none",
              "—" if r.seeds is None else str(r.seeds), f"`{r.command}`"] for r in rows])
-        notes = [r for r in rows if r.note]
+        notes = [r for r in rows if r.note or r.preconditions]
         if notes:
             lines.append("")
-            lines += [f"- {r.target}: {r.note}" for r in notes]
+            lines += [f"- {r.target}: " + "; ".join([*([r.note] if r.note else []),
+                                                       *(f"precondition {p.summary()}" for p in r.preconditions)])
+                      for r in notes]
+        maps = claim_maps(rows)
+        if maps:
+            lines += ["", "Claims mapped over a setting:", ""]
+            lines += [f"- {claim}: {headline}" for claim, headline in maps.items()]
     return lines
+
+
+def _axis_text(value: float | str) -> str:
+    return f"{value:g}" if isinstance(value, float | int) else str(value)
+
+
+def map_label(row: TargetRow) -> str:
+    """The name of the claim map a row belongs to: its target without the qualifier naming its axis point
+    (``"FLAME beats the best baseline (heavy-tail, 24 rounds)"`` -> ``"FLAME beats the best baseline (24
+    rounds)"``), so the rows of one claim at one horizon form one map."""
+    head, _, inner = row.target.partition(" (")
+    point = re.compile(rf"(^|\W){re.escape(_axis_text(row.axis_value))}(\W|$)")
+    kept = [part for part in inner.removesuffix(")").split(", ") if part and not point.search(part)]
+    return f"{head} ({', '.join(kept)})" if kept else head
+
+
+def claim_maps(rows: Sequence[TargetRow]) -> dict[str, str]:
+    """``{map label: headline}`` for every claim measured at points of an axis (:func:`map_label`): where it
+    holds, e.g. ``"MET at bandwidth 0.1, 1; FAILED at bandwidth 10"`` (points in the rows' order, grouped by
+    verdict)."""
+    points: dict[str, list[TargetRow]] = {}
+    for row in rows:
+        if row.axis is not None:
+            points.setdefault(map_label(row), []).append(row)
+    out = {}
+    for label, group in points.items():
+        by_verdict: dict[str, list[str]] = {}
+        for row in group:
+            by_verdict.setdefault(row.labelled_verdict, []).append(_axis_text(row.axis_value))
+        out[label] = "; ".join(f"{word} at {group[0].axis} {', '.join(values)}" for word, values in by_verdict.items())
+    return out
 
 
 def _rank(study_row: tuple[str, HeadToHeadRow]) -> tuple:
@@ -287,7 +391,13 @@ def render_report(sections: Sequence[Section], command: str = REPORT_COMMAND) ->
         "# Results report",
         "",
         f"Generated by `{command}` from the study sections the benchmarks write (studies: {studies}). Do not edit "
-        f"this file by hand; `{README_COMMAND}` pastes its target tables into README.md.",
+        f"this file by hand; `{README_COMMAND}` pastes its claims-at-a-glance table into README.md.",
+        "",
+        "## Claims at a glance",
+        "",
+        _GLANCE_START,
+        *_glance_table(sections),
+        _GLANCE_END,
         "",
         "## Targets",
         "",
@@ -312,15 +422,45 @@ def render_report(sections: Sequence[Section], command: str = REPORT_COMMAND) ->
     return "\n".join(lines) + "\n"
 
 
+def _glance_table(sections: Sequence[Section]) -> list[str]:
+    """The short claims table: one line per claim (a mapped claim once, with where it holds), its paper linked to
+    that paper's full table below."""
+    rows = [row for section in sections for row in section.targets]
+    if not rows:
+        return ["No study has been run with seeds and intervals yet."]
+    maps = claim_maps(rows)
+    lines, seen = [], set()
+    for row in sorted(rows, key=lambda r: _paper_order(r.paper)):
+        key = map_label(row) if row.axis is not None else row.target
+        if key in seen:
+            continue
+        seen.add(key)
+        verdict = maps[key] if row.axis is not None else f"**{row.labelled_verdict}**"
+        lines.append([f"[{row.paper}](figures/REPORT.md#{_anchor(row.paper)})", key, verdict, row.protocol,
+                      " / ".join(p.verdict for p in row.preconditions) or "none"])
+    return _table(["paper", "claim", "verdict (where it holds)", "protocol", "preconditions"], lines)
+
+
+def _paper_order(paper: str) -> int:
+    """Position of a paper in the report (:data:`PAPERS` first, then the others)."""
+    return PAPERS.index(paper) if paper in PAPERS else len(PAPERS)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
+
+
 def readme_section(report_text: str) -> str:
-    """The README's results section: the report's target tables (without its header) and a link to the report."""
-    start, end = report_text.find(_TARGETS_START), report_text.find(_TARGETS_END)
+    """The README's results section: the report's claims-at-a-glance table and a link to the full report."""
+    start, end = report_text.find(_GLANCE_START), report_text.find(_GLANCE_END)
     if start < 0 or end < start:
-        raise ValueError(f"the report has no {_TARGETS_START} ... {_TARGETS_END} block: it was not written by "
+        raise ValueError(f"the report has no {_GLANCE_START} ... {_GLANCE_END} block: it was not written by "
                          f"fedmoe.report.render_report; regenerate it with `{REPORT_COMMAND}`")
-    tables = report_text[start + len(_TARGETS_START):end].strip("\n")
+    table = report_text[start + len(_GLANCE_START):end].strip("\n")
     return (f"<!-- pasted from figures/REPORT.md by `{README_COMMAND}`; do not edit between the markers -->\n"
-            f"{tables}\n\nEvery method on the shared benchmark: [figures/REPORT.md](figures/REPORT.md).")
+            f"{table}\n\nEvery row with its interval, goal, seeds and command, and every method on the shared "
+            "benchmark: [figures/REPORT.md](figures/REPORT.md).")
 
 
 def replace_block(text: str, start_marker: str, end_marker: str, body: str, where: str) -> str:

@@ -32,6 +32,10 @@ LOCK_FILE = ".lock"
 #: The files a run writes into its folder (besides :data:`LOCK_FILE` and the backups of set-aside round logs).
 RUN_FILES = (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, ENVIRONMENT_FILE)
 BACKUP_SUFFIX = ".bak"
+#: The key of ``config.yaml`` that records every option of the run's method as it ran, defaults included. It is no
+#: part of the run's config: :meth:`RunFolder.config_dict` leaves it out, so the run id, ``from_dict`` and the
+#: check that a folder holds a config read what they always read.
+RESOLVED_METHOD_ARGS = "resolved_method_args"
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
@@ -185,21 +189,37 @@ class RunFolder:
         """Whether a run was started in this folder."""
         return self.config_path.exists()
 
-    def write_config(self, cfg) -> None:
-        """Write the resolved config of ``cfg`` (a :class:`fedmoe.config.RunConfig`), atomically."""
+    def write_config(self, cfg, method_options: dict[str, Any] | None = None) -> None:
+        """Write the resolved config of ``cfg`` (a :class:`fedmoe.config.RunConfig`) and, under
+        :data:`RESOLVED_METHOD_ARGS`, ``method_options`` (every field of the method's options), atomically."""
         text = config_text(cfg)
+        if method_options is not None:
+            text += yaml.safe_dump({RESOLVED_METHOD_ARGS: method_options}, sort_keys=False)
         atomic_write(self.config_path, lambda fh: fh.write(text))
 
     def holds_config(self, cfg) -> bool:
-        """Whether the folder's config is exactly the resolved config of ``cfg``."""
-        return self.config_text() == config_text(cfg)
+        """Whether the folder's config is exactly the resolved config of ``cfg`` (the recorded method options, which
+        follow from it, aside)."""
+        return self.config_dict() == yaml.safe_load(config_text(cfg))
 
     def config_text(self) -> str:
         """The resolved config as written."""
         return self.config_path.read_text()
 
     def config_dict(self) -> dict:
-        """The resolved config as a dict (a missing or damaged file is an error naming the way out)."""
+        """The resolved config as a dict, without :data:`RESOLVED_METHOD_ARGS` (what ``fedmoe.config.from_dict``
+        reads back); a missing or damaged file is an error naming the way out."""
+        data = self._config_file()
+        data.pop(RESOLVED_METHOD_ARGS, None)
+        return data
+
+    def method_options(self) -> dict[str, Any] | None:
+        """Every option of the run's method as it ran (:data:`RESOLVED_METHOD_ARGS`), or ``None`` for a folder
+        written before they were recorded."""
+        return self._config_file().get(RESOLVED_METHOD_ARGS)
+
+    def _config_file(self) -> dict:
+        """``config.yaml`` as written (a missing or damaged file is an error naming the way out)."""
         if not self.config_path.is_file():
             raise FileNotFoundError(f"{self.config_path} not found: is {self.path} a run folder written by `fedmoe run`?")
         try:

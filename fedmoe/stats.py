@@ -9,6 +9,8 @@ differently). This module turns scores into an :class:`Interval` and an interval
 - :func:`paired_difference` -- paired bootstrap of method A minus method B on the same seeds and items;
 - :func:`verdict` -- ``leads`` / ``trails`` / ``unresolved`` for a difference;
 - :func:`judge_target` -- ``MET`` / ``FAILED`` / ``UNRESOLVED`` for a paper's target;
+- :class:`Goal` and :func:`judge` -- a target as one object (comparator, threshold, units) that renders its own
+  text and judges with the one rule, ``NOT TESTABLE`` when a precondition failed;
 - :func:`items_to_resolve` and :func:`paired_sd_from_rates` -- how many test items a paired comparison needs.
 
 Why the percentile bootstrap (not BCa, scipy's default): every statistic here is a mean over >= 100 test items,
@@ -30,6 +32,13 @@ from scipy import stats as sps
 #: Verdict words of a difference (:func:`verdict`) and of a target (:func:`judge_target`).
 LEADS, TRAILS, UNRESOLVED_DIFF = "leads", "trails", "unresolved"
 MET, FAILED, UNRESOLVED = "MET", "FAILED", "UNRESOLVED"
+#: The verdict of a claim whose precondition FAILED: its test would not mean what the claim says.
+NOT_TESTABLE = "NOT TESTABLE"
+VERDICTS = (MET, FAILED, UNRESOLVED, NOT_TESTABLE)
+#: What a measured interval is (:func:`judge`): the quantity itself, or only a bound on it (a time-to-accuracy
+#: speedup where one method never reached the target is at least / at most the measured ratio).
+EXACT, LOWER_BOUND, UPPER_BOUND, UNKNOWN_BOUND = "exact", "lower bound", "upper bound", "unknown"
+BOUNDS = (EXACT, LOWER_BOUND, UPPER_BOUND, UNKNOWN_BOUND)
 
 #: Bootstrap resamples drawn per batch (bounds memory: a batch holds ``batch x n_items`` floats).
 _BATCH = 500
@@ -262,3 +271,78 @@ def items_to_resolve(delta: float = 0.05, sd_diff: float = 0.5, level: float = 0
             raise ValueError(f"{name} must lie in (0, 1), got {p}")
     z = sps.norm.ppf((1 + level) / 2) + sps.norm.ppf(power)
     return max(1, math.ceil((z * sd_diff / delta) ** 2))
+
+
+#: Display units of a goal: how a fraction or ratio is shown (factor, suffix, whether the threshold is signed).
+UNITS = {"points": (100.0, " points", True), "percent": (100.0, "%", False), "ratio": (1.0, "x", False),
+         "value": (1.0, "", True)}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target a measured interval is judged against: ``comparator`` ``">"`` (the whole interval above
+    ``threshold``) or ``"<"`` (wholly below), in the measurement's own units (a score fraction, a ratio), shown in
+    ``unit`` (:data:`UNITS`) with ``digits`` decimals. Its :meth:`text` and :meth:`judge` come from the same
+    fields, so a row's goal text and its verdict cannot disagree; the comparator is strict because an interval
+    that touches the threshold has not cleared it."""
+
+    comparator: str
+    threshold: float
+    unit: str = "points"
+    digits: int = 1
+
+    def __post_init__(self):
+        if self.comparator not in (">", "<"):
+            raise ValueError(f"Goal comparator must be '>' or '<' (strict: an interval touching the threshold "
+                             f"decides nothing), got {self.comparator!r}")
+        if self.unit not in UNITS:
+            raise ValueError(f"Goal unit must be one of {sorted(UNITS)}, got {self.unit!r}")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"Goal threshold must be a finite number, got {self.threshold}")
+        shown = self.threshold * self.scale
+        if not math.isclose(round(shown, self.digits), shown, abs_tol=1e-9):
+            raise ValueError(f"Goal threshold {self.threshold} in {self.unit} with {self.digits} decimals would read "
+                             f"{self.text()}: give enough digits that the text shows the threshold it judges")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether the claim wants the measurement above the threshold."""
+        return self.comparator == ">"
+
+    @property
+    def scale(self) -> float:
+        """Display factor of the unit (100: a fraction shown in points or percent)."""
+        return UNITS[self.unit][0]
+
+    def text(self) -> str:
+        """The goal as a row shows it: ``"> -2.0 points"``, ``"> 2.00x"``, ``"< 5.0%"``."""
+        scale, suffix, signed = UNITS[self.unit]
+        return f"{self.comparator} {self.threshold * scale:{'+' if signed else ''}.{self.digits}f}{suffix}"
+
+    def format(self, interval: Interval) -> str:
+        """``interval`` in this goal's units."""
+        return interval.format(self.scale, self.digits)
+
+    def judge(self, interval: Interval, bound: str = EXACT) -> str:
+        """MET / FAILED / UNRESOLVED of ``interval`` (:func:`judge_target`), concluding only what a bound allows:
+        a lower bound can clear a ``>`` goal but not fail it, an upper bound the reverse, an unknown one neither."""
+        if bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+        word = judge_target(interval, self.threshold, self.higher_is_better)
+        if bound == EXACT:
+            return word
+        lower = bound == LOWER_BOUND
+        allowed = () if bound == UNKNOWN_BOUND else ((MET,) if lower == self.higher_is_better else (FAILED,))
+        return word if word in allowed else UNRESOLVED
+
+    def to_json(self) -> dict:
+        """The goal as JSON fields (inverse: ``Goal(**data)``)."""
+        return {"comparator": self.comparator, "threshold": self.threshold, "unit": self.unit, "digits": self.digits}
+
+
+def judge(interval: Interval, goal: Goal, *, bound: str = EXACT, preconditions: tuple[str, ...] = ()) -> str:
+    """The one judge of a claim: ``NOT TESTABLE`` when any of its preconditions' verdicts is FAILED (the test
+    would not mean what the claim says), else ``goal``'s verdict of ``interval`` (:meth:`Goal.judge`)."""
+    if FAILED in preconditions:
+        return NOT_TESTABLE
+    return goal.judge(interval, bound)

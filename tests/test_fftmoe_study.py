@@ -10,7 +10,7 @@ import pytest
 from fedmoe.config import save_config
 from fedmoe.fl.pricing import lora_params
 from fedmoe.methods.fftmoe.budget import adapter_params
-from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval, judge_target
+from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
 from fedmoe.studies import fftmoe as st
 from fedmoe.studies.evidence import run_score
 
@@ -136,14 +136,14 @@ def test_targets_and_head_to_head_from_hand_made_runs(tmp_path):
                         load_cv=[[0.4 + 0.01 * s, 0.4] if variant == st.NO_AUX else [0.2, 0.2]])
             for s in SEEDS]
     assert run_score(folders["fftmoe", "iid"][0]) == 1.0
-    rows = st.targets(folders)
+    rows = st.targets(folders, deployed=False)
     assert len(rows) == len(st.SPLITS) + len(st.BASELINES) + 1 + len(st.AUX_SPLITS)
     by_target = {r.target: r for r in rows}
     lead = by_target["FFT-MoE leads the best baseline (alpha0.1)"]
     assert lead.verdict == MET and lead.measured.mean == pytest.approx(0.75)
     assert "fedit" in lead.note  # ties between baselines: the first one
     assert by_target["FFT-MoE matches the best baseline (iid)"].measured.mean == pytest.approx(0.5)
-    retention = by_target["non-IID retention above hetlora's"]
+    retention = by_target["non-IID retention above the baseline's (hetlora)"]
     assert retention.verdict == MET and retention.measured.mean == pytest.approx(1.0 - 0.5)
     cv = by_target["auxiliary loss lowers the expert-load CV"]
     assert cv.verdict == MET and cv.measured.n == 6 and cv.seeds == 3 and cv.measured.mean == pytest.approx(0.205)
@@ -155,9 +155,11 @@ def test_targets_and_head_to_head_from_hand_made_runs(tmp_path):
 
 
 def test_strict_targets_need_the_whole_interval_above_zero():
-    assert judge_target(Interval(0.03, 0.0, 0.06, 3), st.ABOVE_ZERO) == UNRESOLVED  # touching 0 is no lead
-    assert judge_target(Interval(0.03, 0.001, 0.06, 3), st.ABOVE_ZERO) == MET
-    assert judge_target(Interval(-0.01, -0.02, 0.0, 3), st.ABOVE_ZERO) == FAILED
+    lead = next(c for c in st.CLAIMS if c.key == "lead-noniid").goal
+    assert lead.judge(Interval(0.03, 0.0, 0.06, 3)) == UNRESOLVED  # touching 0 is no lead
+    assert lead.judge(Interval(0.03, 0.001, 0.06, 3)) == MET
+    assert lead.judge(Interval(-0.01, -0.02, 0.0, 3)) == UNRESOLVED  # nor a failure: the same rule as every study
+    assert lead.judge(Interval(-0.01, -0.02, -0.001, 3)) == FAILED
 
 
 def test_personalised_scores_cover_every_local_test_item_and_are_cached(tmp_path):
@@ -204,5 +206,5 @@ def test_long_horizon_check_runs_three_times_longer_and_judges_the_last_two_eval
     lead = rows[f"FFT-MoE leads the best baseline (alpha0.1, {rounds} rounds)"]
     assert lead.measured.mean == pytest.approx(0.25) and lead.verdict == MET
     assert "last 2 evaluations" in lead.note
-    assert rows[f"non-IID retention above fedit's ({rounds} rounds)"].measured.mean == pytest.approx(0.0)
+    assert rows[f"non-IID retention above the baseline's (fedit, {rounds} rounds)"].measured.mean == pytest.approx(0.0)
     assert len(rows) == 3 + len(st.BASELINES)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedmoe.report import FAILED, MET, UNRESOLVED
+from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
 from fedmoe.studies import flame as ex
 from fedmoe.studies.evidence import seed_of
 
@@ -27,7 +27,7 @@ def test_collapse_targets_judge_the_drop_from_the_best_round(tmp_path, fake_run)
                                         "no collapse: ends near its best round (t=8)"]
     assert rows[0].measured.mean == 0.0 and rows[0].verdict == MET
     assert rows[1].measured.mean == -np.mean(peak) and rows[1].verdict == FAILED
-    assert rows[1].goal == "> -5.0" and rows[1].seeds == 3
+    assert rows[1].goal.text() == "> -5.0 points" and rows[1].seeds == 3
 
 
 def test_collapse_within_noise_of_the_tolerance_is_unresolved(tmp_path, fake_run):
@@ -41,7 +41,7 @@ def test_rescaler_targets_order_learnable_fixed_none(tmp_path, fake_run):
     items = {"none": [0] * 300, "fixed": [0] * 150 + [1] * 150, "learnable": [1] * 300}
     runs = {r: _runs(fake_run, tmp_path / r, [[v]] * 2) for r, v in items.items()}
     rows = ex.rescaler_targets(runs, "heavy-tail", command="cmd")
-    assert [r.target for r in rows] == ["learnable rescaler >= fixed (heavy-tail)", "fixed rescaler >= none (heavy-tail)"]
+    assert [r.target for r in rows] == ["learnable rescaler beats fixed (heavy-tail)", "fixed rescaler beats none (heavy-tail)"]
     assert [r.measured.mean for r in rows] == [0.5, 0.5] and {r.verdict for r in rows} == {MET}
     swapped = ex.rescaler_targets({"learnable": runs["none"], "fixed": runs["fixed"], "none": runs["learnable"]},
                                   "heavy-tail", command="cmd")
@@ -76,8 +76,11 @@ def test_deployed_targets_compare_each_weak_tier_with_both_global_models(tmp_pat
             "1": {"top_k": 2, "score": 1.0, "item_scores": tier1}}}))
     rows = ex.deployed_targets(flame, flora, "flora", "heavy-tail", "24 rounds", command="cmd", jobs=1)
     assert [r.target for r in rows] == [
-        "diagnostic: tier 1 (top-2) model >= FLAME's global model (full top-k) (heavy-tail, 24 rounds)",
-        "diagnostic: tier 1 (top-2) model >= flora's global model (heavy-tail, 24 rounds)"]
+        "diagnostic: a weak tier's own model beats a global model (tier 1 (top-2) vs FLAME's global model (full "
+        "top-k), heavy-tail, 24 rounds)",
+        "diagnostic: a weak tier's own model beats a global model (tier 1 (top-2) vs flora's global model, heavy-tail, "
+        "24 rounds)"]
+    assert {r.protocol for r in rows} == {"deployed"}
     assert [r.measured.mean for r in rows] == [pytest.approx(0.5), pytest.approx(0.25)]
     assert {r.verdict for r in rows} == {MET} and {r.seeds for r in rows} == {2}
     with pytest.raises(ValueError, match="same seeds.*run the missing seeds first"):
@@ -132,16 +135,20 @@ def test_long_horizon_targets_average_the_last_two_evaluations(tmp_path, fake_ru
         for method in ex.LONG_METHODS:
             curve = [zeros, ones, halves] if method == "flame" else [zeros, halves, halves]
             folders[method, setting] = _runs(fake_run, tmp_path / setting / method, [curve] * 3)
-    final = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS)}
-    long = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS, last=2, horizon="24 rounds")}
+    premise = ex.CLAIMS[0].precondition(Interval(0.05, 0.02, 0.08, 3))
+    final = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS, premise, deployed=False)}
+    long = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS, premise, last=2, horizon="24 rounds",
+                                            deployed=False)}
     for runs in folders.values():  # what run_long writes: 3x the smoke rounds in config.yaml
         for folder in runs:
             (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed_of(folder), "fed": {"rounds": 6}}))
-    assert [r.target for r in ex.long_targets(folders)] == [t.replace("24", "6") for t in long]
-    assert final["FLAME >= best heterogeneous-LoRA baseline (heavy-tail)"].measured.mean == 0.0
-    row = long["FLAME >= best heterogeneous-LoRA baseline (heavy-tail, 24 rounds)"]
+    assert [r.target for r in ex.long_targets(folders, premise, deployed=False)] == [t.replace("24", "6") for t in long]
+    assert final["FLAME beats the best heterogeneous-LoRA baseline (heavy-tail)"].measured.mean == 0.0
+    row = long["FLAME beats the best heterogeneous-LoRA baseline (heavy-tail, 24 rounds)"]
     assert row.measured.mean == pytest.approx(0.25) and row.verdict == MET and "last 2 evaluations" in row.note
-    assert long["FLAME's lead grows from homogeneous to heavy-tail, 24 rounds"].measured.mean == 0.0
+    assert long["FLAME's lead grows from homogeneous to heavy-tail (24 rounds)"].measured.mean == 0.0
+    failed = ex.CLAIMS[0].precondition(Interval(-0.05, -0.08, -0.02, 3))
+    assert {r.verdict for r in ex.targets(folders, ex.LONG_SETTINGS, failed, deployed=False)} == {"NOT TESTABLE"}
 
 
 def test_long_horizon_configs_run_three_times_the_rounds_in_their_own_folders():

@@ -9,6 +9,7 @@ import torch
 
 from fedmoe.fl.cost import ClientWork, check_fits
 from fedmoe.fl.devices import get_device
+from fedmoe.methods.experts.priced import priced_model
 from fedmoe.methods.flux.budget import (
     TRAIN_STATE_BYTES,
     expert_work,
@@ -16,7 +17,6 @@ from fedmoe.methods.flux.budget import (
     fmes_kept,
     layer_merge_budget,
     offload_resident,
-    priced_model,
 )
 from fedmoe.methods.flux.merging import apply_merge, cluster_experts, output_error, plan_merge
 from fedmoe.methods.flux.profiling import Profile, profile_model

@@ -19,7 +19,8 @@ from fedmoe.fl.cost import (
 )
 from fedmoe.fl.devices import PCIE4_X16, GiB, get_device, get_fleet
 from fedmoe.fl.pricing import activation_bytes, lora_params, training_work
-from fedmoe.methods.flux.attention import AttentionArgs, priced_attention
+from fedmoe.methods.experts.attention import AttentionArgs, priced_attention
+from fedmoe.methods.experts.priced import priced_model
 from fedmoe.methods.flux.budget import (
     HOST_ADAM_BYTES,
     TRAIN_STATE_BYTES,
@@ -27,7 +28,6 @@ from fedmoe.methods.flux.budget import (
     flux_budget,
     offload_resident,
     offload_work,
-    priced_model,
 )
 
 X, W16, W4 = 3 * 4096 * 688, 16908288, 4755456  # LLaMA-MoE-3.5B: params and bf16 / NF4 bytes of one expert

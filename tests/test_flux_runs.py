@@ -11,8 +11,8 @@ from fedmoe.fl.cost import ClientWork, check_fits
 from fedmoe.fl.federation import Federation
 from fedmoe.fl.pricing import lora_params
 from fedmoe.methods.base import get_method
+from fedmoe.methods.experts.attention import split_attention
 from fedmoe.methods.experts.base import parse_key
-from fedmoe.methods.flux.attention import split_attention
 from fedmoe.results import load_rounds
 
 CONFIG = "reproduce/configs/flux.yaml"

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from fedmoe.config import save_config
-from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
+from fedmoe.stats import FAILED, MET, UNRESOLVED, Goal, Interval
 from fedmoe.studies import flux as fx
 
 N_ITEMS = 40
@@ -82,17 +82,20 @@ def test_speedup_interval_is_the_back_transformed_log_t_interval():
     assert unknown.kind == fx.UNKNOWN and not unknown.interval.defined
 
 
-def test_judge_speedup_concludes_only_what_the_bounds_allow():
-    def sp(lo, hi, kind):
-        return fx.Speedup(Interval((lo + hi) / 2, lo, hi, 3), kind, ())
+def test_speedups_are_judged_only_as_far_as_their_bounds_allow():
+    goal = Goal(">", 2.0, "ratio")
 
-    assert fx.judge_speedup(sp(3, 4, fx.EXACT), 2) == MET
-    assert fx.judge_speedup(sp(1, 1.5, fx.EXACT), 2) == FAILED
-    assert fx.judge_speedup(sp(3, 4, fx.LOWER), 2) == MET
-    assert fx.judge_speedup(sp(1, 1.5, fx.LOWER), 2) == UNRESOLVED  # the true speedup may be larger
-    assert fx.judge_speedup(sp(1, 1.5, fx.UPPER), 2) == FAILED
-    assert fx.judge_speedup(sp(3, 4, fx.UPPER), 2) == UNRESOLVED
-    assert fx.judge_speedup(sp(3, 4, "mixed"), 2) == UNRESOLVED
+    def judged(lo, hi, kind):
+        sp = fx.Speedup(Interval((lo + hi) / 2, lo, hi, 3), kind, ())
+        return goal.judge(sp.interval, fx.speedup_bound(sp))
+
+    assert judged(3, 4, fx.EXACT) == MET
+    assert judged(1, 1.5, fx.EXACT) == FAILED
+    assert judged(3, 4, fx.LOWER) == MET
+    assert judged(1, 1.5, fx.LOWER) == UNRESOLVED  # the true speedup may be larger
+    assert judged(1, 1.5, fx.UPPER) == FAILED
+    assert judged(3, 4, fx.UPPER) == UNRESOLVED
+    assert judged(3, 4, "mixed") == UNRESOLVED
 
 
 def _grid(tmp_path, flux_profile=0.0):
@@ -153,10 +156,10 @@ def test_target_rows_name_the_commands_that_regenerate_their_suite(tmp_path):
     only when told to run that suite alone."""
     folders = _grid(tmp_path)
     assert {r.command for r in fx.targets(folders)} == {
-        "python reproduce/bench_flux.py --suites gsm  (or notebooks/flux/01_time_to_accuracy.ipynb)"}
+        "python -m fedmoe.studies flux --suites gsm  (or notebooks/flux/01_time_to_accuracy.ipynb)"}
     as_mmlu = {(m, "mmlu"): fs for (m, _), fs in folders.items()}
     assert {r.command for r in fx.targets(as_mmlu, "mmlu")} == {
-        "python reproduce/bench_flux.py --suites mmlu  (or notebooks/flux/01_time_to_accuracy.ipynb with "
+        "python -m fedmoe.studies flux --suites mmlu  (or notebooks/flux/01_time_to_accuracy.ipynb with "
         "suites=[mmlu])"}
 
 
@@ -166,8 +169,9 @@ def test_eps_targets_pair_the_ramp_with_each_fixed_eps(tmp_path):
     def runs(name, score):
         return [_run(tmp_path, "flux", s, [(0, 0.0), (100, score)], name=name) for s in (0, 1, 2)]
     rows = fx.eps_targets(runs("ramp", 0.6), {0.7: runs("fixed-0.7", 0.6), 0.3: runs("fixed-0.3", 0.5)})
-    assert [r.target for r in rows] == ["ramp eps schedule beats fixed eps 0.3 (final score)",
-                                        "ramp eps schedule beats fixed eps 0.7 (final score)"]
+    assert [r.target for r in rows] == ["ramp eps schedule beats fixed eps (0.3)",
+                                        "ramp eps schedule beats fixed eps (0.7)"]
+    assert [r.axis_value for r in rows] == [0.3, 0.7]
     assert rows[0].measured.mean == pytest.approx(0.1) and rows[0].verdict == MET
     assert rows[1].measured.mean == 0.0 and rows[1].verdict == UNRESOLVED
     assert {r.seeds for r in rows} == {3}
@@ -182,7 +186,7 @@ def test_scalability_rows_pair_round_times_by_seed(tmp_path):
     half = sps.t.ppf(0.975, 2) * 0.2 / math.sqrt(3)
     assert row.measured.mean == pytest.approx(2.2)
     assert (row.measured.lo, row.measured.hi) == pytest.approx((2.2 - half, 2.2 + half))
-    assert row.verdict == MET and row.target.endswith("with 10 participating clients")
+    assert row.verdict == MET and row.target.endswith("(10 participating clients)") and row.axis_value == 10
     runs["fmd", 10] = runs["fmd", 10][:2]
     with pytest.raises(ValueError, match="must share seeds"):
         fx.round_time_ratios(runs)

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from fedmoe.report import (
+    DEPLOYED,
     README_END,
     README_START,
     HeadToHeadRow,
+    Precondition,
     Section,
     TargetRow,
     load_sections,
@@ -18,19 +20,20 @@ from fedmoe.report import (
     save_section,
     sync_readme,
 )
-from fedmoe.stats import Interval
+from fedmoe.stats import FAILED, LOWER_BOUND, MET, NOT_TESTABLE, UNRESOLVED, Goal, Interval, judge
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SPEEDUP = TargetRow(paper="FLUX", target="time-to-accuracy speedup vs best baseline",
-                    measured=Interval(2.31, 2.05, 2.60, n=3), goal=">= 2.0x", verdict="MET",
-                    command="python reproduce/bench_flux.py --seeds 0,1,2", seeds=3, scale=1, digits=2)
+                    measured=Interval(2.31, 2.05, 2.60, n=3), goal=Goal(">", 2.0, "ratio", 2),
+                    command="python -m fedmoe.studies flux --seeds 0,1,2", seeds=3, source="abstract")
 PARITY = TargetRow(paper="FLUX", target="final score minus FMD's", measured=Interval(-0.012, -0.041, 0.017, n=3),
-                   goal=">= -2 points", verdict="UNRESOLVED", command="python reproduce/bench_flux.py | tail -4",
+                   goal=Goal(">", -0.02), command="python -m fedmoe.studies flux | tail -4",
                    seeds=3, note="the interval straddles the goal")
+PREMISE = Precondition("rank compression costs FedIT", Interval(0.05, 0.02, 0.08, n=3), Goal(">", 0.0))
 LEAD = TargetRow(paper="FLAME", target="FLAME minus best baseline, heavy-tail",
-                 measured=Interval(-0.06, -0.09, -0.03, n=3), goal="> 0", verdict="FAILED",
-                 command="python reproduce/bench_flame.py")
+                 measured=Interval(-0.06, -0.09, -0.03, n=3), goal=Goal(">", 0.0),
+                 command="python -m fedmoe.studies flame", protocol=DEPLOYED, preconditions=(PREMISE,))
 ROWS = (HeadToHeadRow("flame", Interval(0.40, 0.37, 0.43, n=3), {"trainable_params": 123456, "bytes_up": 1.5e6},
                       "dolly · tiny-olmoe"),
         HeadToHeadRow("fedit", Interval(0.45, 0.42, 0.48, n=3), {"trainable_params": 98304}, "gsm · tiny-mixtral"),
@@ -41,12 +44,15 @@ SECTIONS = [Section("flux", (SPEEDUP, PARITY), ROWS[1:]), Section("flame", (LEAD
 
 def test_report_lists_every_target_with_interval_verdict_and_command():
     text = render_report(SECTIONS)
-    assert "| time-to-accuracy speedup vs best baseline | 2.31 ± 0.28 [2.05, 2.60] | >= 2.0x | **MET** | 3 | " \
-           "`python reproduce/bench_flux.py --seeds 0,1,2` |" in text
-    assert "| final score minus FMD's | -1.2 ± 2.9 [-4.1, 1.7] | >= -2 points | **UNRESOLVED** |" in text
-    assert "| 3 | `python reproduce/bench_flux.py \\| tail -4` |" in text  # a pipe cannot end the cell
+    assert "| time-to-accuracy speedup vs best baseline | abstract | global | 2.31 ± 0.28 [2.05, 2.60] | > 2.00x | " \
+           "**MET** | none | 3 | `python -m fedmoe.studies flux --seeds 0,1,2` |" in text
+    assert "| final score minus FMD's | — | global | -1.2 ± 2.9 [-4.1, 1.7] | > -2.0 points | **UNRESOLVED** |" in text
+    assert "| 3 | `python -m fedmoe.studies flux \\| tail -4` |" in text  # a pipe cannot end the cell
     assert "- final score minus FMD's: the interval straddles the goal" in text
-    assert "| FLAME minus best baseline, heavy-tail | -6.0 ± 3.0 [-9.0, -3.0] | > 0 | **FAILED** | — |" in text
+    assert ("| FLAME minus best baseline, heavy-tail | — | deployed | -6.0 ± 3.0 [-9.0, -3.0] | > +0.0 points | "
+            "**FAILED** | MET | — |") in text
+    assert ("- FLAME minus best baseline, heavy-tail: precondition rank compression costs FedIT: 5.0 ± 3.0 "
+            "[2.0, 8.0] (> +0.0 points) MET") in text
     assert "### FFT-MoE\n\nNot yet measured with seeds." in text
     assert text.index("### FLUX") < text.index("### FFT-MoE") < text.index("### FLAME")
     assert "studies: `flame`, `flux`" in text
@@ -98,8 +104,10 @@ def test_bad_sections_and_rows_are_named(tmp_path):
     (tmp_path / "broken.json").write_text('{"study": "broken"}')
     with pytest.raises(ValueError, match="broken.json is not a report section"):
         load_sections(tmp_path)
-    with pytest.raises(ValueError, match="verdict must be MET, FAILED or UNRESOLVED"):
-        TargetRow("FLUX", "x", Interval(1, 0, 2, 3), ">= 1", "leads", "cmd")
+    with pytest.raises(TypeError, match="goal must be a fedmoe.stats.Goal"):
+        TargetRow("FLUX", "x", Interval(1, 0, 2, 3), ">= 1", "cmd")
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        TargetRow("FLUX", "x", Interval(1, 0, 2, 3), Goal(">", 0.0), "cmd", protocol="local")
 
 
 def test_sync_readme_replaces_only_between_the_markers():
@@ -111,6 +119,7 @@ def test_sync_readme_replaces_only_between_the_markers():
     assert "stale typed numbers" not in synced
     assert readme_section(report) in synced
     assert "**MET**" in synced and "## Head-to-head" not in synced and "# Results report" not in synced
+    assert "| [FLUX](figures/REPORT.md#flux) | final score minus FMD's | **UNRESOLVED** | global | none |" in synced
     assert sync_readme(synced, report) == synced  # idempotent
 
 
@@ -183,9 +192,43 @@ def test_saved_figures_are_byte_reproducible(tmp_path):
 
 
 def test_target_row_summary_prints_the_interval_in_the_row_units():
-    assert PARITY.summary() == "UNRESOLVED final score minus FMD's: -1.2 ± 2.9 [-4.1, 1.7] (goal >= -2 points)"
+    assert PARITY.summary() == "UNRESOLVED final score minus FMD's: -1.2 ± 2.9 [-4.1, 1.7] (goal > -2.0 points)"
     assert SPEEDUP.summary() == ("MET        time-to-accuracy speedup vs best baseline: 2.31 ± 0.28 [2.05, 2.60] "
-                                 "(goal >= 2.0x)")
+                                 "(goal > 2.00x)")
+
+
+GOALS = [Goal(">", 0.0), Goal(">", -0.05), Goal("<", 0.05, "percent", 2), Goal(">", 4.75, "ratio", 2),
+         Goal("<", 0.02, "value", 2)]
+
+
+@pytest.mark.parametrize("goal", GOALS, ids=lambda g: g.text())
+def test_every_goal_renders_and_judges_its_boundary_the_same_way(goal):
+    t, above = goal.threshold, goal.higher_is_better
+    right, wrong = (Interval(t + 2, t + 1, t + 3, 3), Interval(t - 2, t - 3, t - 1, 3))[:: 1 if above else -1]
+    assert goal.judge(right) == MET and goal.judge(wrong) == FAILED
+    touching = [Interval(t + 1, t, t + 2, 3), Interval(t - 1, t - 2, t, 3), Interval(t, t, t, 3)]
+    assert {goal.judge(iv) for iv in touching} == {UNRESOLVED}  # an interval touching the threshold decides nothing
+    assert goal.judge(Interval(t, float("nan"), float("nan"), 1)) == UNRESOLVED
+    assert goal.text().startswith(goal.comparator + " ")
+    shown = float(goal.text()[2:].rstrip("xpoints% "))
+    assert shown == pytest.approx(t * goal.scale)  # the text shows the very threshold it judges against
+
+
+def test_bounds_and_preconditions_decide_only_what_they_allow():
+    goal = Goal(">", 2.0, "ratio")
+    low, high = Interval(1.2, 1.0, 1.5, 3), Interval(3.0, 2.5, 3.5, 3)
+    assert goal.judge(low, LOWER_BOUND) == UNRESOLVED and goal.judge(high, LOWER_BOUND) == MET
+    assert goal.judge(low, "upper bound") == FAILED and goal.judge(high, "upper bound") == UNRESOLVED
+    assert goal.judge(high, "unknown") == UNRESOLVED
+    assert judge(high, goal, preconditions=(MET, FAILED)) == NOT_TESTABLE
+    assert judge(high, goal, preconditions=(UNRESOLVED,)) == MET
+    failed = Precondition("premise", Interval(-0.05, -0.08, -0.02, 3), Goal(">", 0.0))
+    row = TargetRow("FLAME", "lead", high, goal, "cmd", preconditions=(failed,))
+    assert row.verdict == NOT_TESTABLE and "| **NOT TESTABLE** | FAILED |" in render_report([Section("x", (row,))])
+    with pytest.raises(ValueError, match="comparator must be '>' or '<'"):
+        Goal(">=", 0.0)
+    with pytest.raises(ValueError, match="would read < \\+0.0: give enough digits"):
+        Goal("<", 0.02, "value")
 
 
 def test_timings_table_has_a_column_per_scale_and_a_row_per_notebook():

@@ -39,9 +39,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from fedmoe.data.records import Example, format_prompt
+from fedmoe.data.records import Example, extract_gsm8k_answer, format_prompt
 from fedmoe.errors import FedmoeError
-from fedmoe.eval.metrics import extract_gsm8k_answer
 
 KINDS = ("dolly", "gsm8k", "mmlu", "piqa", "alpaca")
 SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")

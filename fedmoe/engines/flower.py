@@ -54,8 +54,8 @@ from fedmoe.fl.contract import (  # noqa: E402
     update_from_json,
     update_to_json,
 )
-from fedmoe.fl.devices import DeviceProfile, get_fleet  # noqa: E402
-from fedmoe.fl.federation import Federation  # noqa: E402
+from fedmoe.fl.devices import DeviceProfile  # noqa: E402
+from fedmoe.fl.federation import Federation, client_devices  # noqa: E402
 from fedmoe.fl.node_data import (  # noqa: E402
     NodeRoster,
     describe_node,
@@ -163,7 +163,7 @@ def describe_nodes(grid: Grid, node_ids: list[int], timeout: float | None = None
 def node_federation(cfg: RunConfig, roster: NodeRoster) -> Federation:
     """The server's federation for ``roster``: node-described counts and devices (the fleet assigns a device to
     a node that names none), the public test set, no client data."""
-    fleet_devices = get_fleet(cfg.cost.fleet).assign(len(roster.node_ids), cfg.data_seed)
+    fleet_devices = client_devices(cfg, len(roster.node_ids))
     return Federation.for_nodes(cfg, roster.num_examples, roster.device_profiles(fleet_devices))
 
 

@@ -17,41 +17,16 @@ from functools import lru_cache
 
 from rouge_score import rouge_scorer
 
+from fedmoe.data.records import extract_gsm8k_answer, is_number
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
-# A number as GSM8K writes it: optional sign and dollar sign, thousands commas, decimals.
-_NUMBER = re.compile(r"-?\$?\d(?:[\d,]*\d)?(?:\.\d+)?")
 
 
 def normalize_answer(s: str) -> str:
     """Lowercase, drop punctuation and the articles a/an/the, and collapse whitespace (SQuAD's rule)."""
     s = "".join(ch for ch in s.lower() if ch not in _PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", s).split())
-
-
-def _canonical_number(token: str) -> str:
-    """``"$1,234.50"`` -> ``"1234.5"``; integral values lose their decimals (``"72.00"`` -> ``"72"``)."""
-    value = Decimal(token.replace(",", "").replace("$", ""))
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def extract_gsm8k_answer(s: str) -> str | None:
-    """The final numeric answer of a GSM8K-style text, canonicalised, or ``None`` if there is none.
-
-    The first number after the last ``####`` marker when there is one, else the last number in the
-    text; thousands commas and ``$`` are stripped (``"#### 1,200"`` -> ``"1200"``).
-    """
-    if "####" in s:
-        numbers = _NUMBER.findall(s.rsplit("####", 1)[1])
-        return _canonical_number(numbers[0]) if numbers else None
-    numbers = _NUMBER.findall(s)
-    return _canonical_number(numbers[-1]) if numbers else None
-
-
-def _is_numeric(s: str) -> bool:
-    return _NUMBER.fullmatch(s.strip()) is not None
 
 
 def exact_match(prediction: str, reference: str) -> float:
@@ -61,7 +36,7 @@ def exact_match(prediction: str, reference: str) -> float:
     number against the number extracted from the prediction (``"... so she has 72 apples."`` matches
     ``72``); any other reference is compared as text after :func:`normalize_answer`.
     """
-    if "####" in reference or _is_numeric(reference):
+    if "####" in reference or is_number(reference):
         ref = extract_gsm8k_answer(reference)
         pred = extract_gsm8k_answer(prediction)
         return float(ref is not None and pred is not None and Decimal(ref) == Decimal(pred))

@@ -1,7 +1,7 @@
 """The federation's shared world, rebuilt identically from a config in every process.
 
 A :class:`Federation` holds what both sides need and can derive from the run config alone: the
-base model and tokenizer, every client's data partition, the held-out test set, each client's
+base model and tokenizer, every client's data partition, the held-out set it is scored on, each client's
 device profile and the local-training settings. The base model, the data, the partition and the devices
 derive from ``cfg.data_seed`` (the world runs are compared on); ``cfg.seed`` drives the run itself
 (initialisation, client sampling, batch order). Because it is a pure function of the config,
@@ -16,10 +16,13 @@ only. Both share the base model and test set this module builds from the config.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import random
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -50,7 +53,9 @@ def sample_clients(seed: int, round_: int, num_clients: int, per_round: int, att
 @dataclass
 class Federation:
     """Base model, data and devices of one run (see module docstring). ``train_parts[c]`` is ``None`` for a
-    client whose data this process does not hold; ``sizes`` then gives its example count."""
+    client whose data this process does not hold; ``sizes`` then gives its example count. ``test_set`` is what
+    the run is scored on: the test set, or with ``fed.eval_split=val`` the validation items carved from the
+    training pool (:func:`fedmoe.data.task_data.load_task_data`)."""
 
     cfg: RunConfig
     tokenizer: object
@@ -63,8 +68,14 @@ class Federation:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, progress: bool = False) -> Federation:
-        """Build (or fetch from this process's cache) the world a config describes."""
-        return _cached_federation(_freeze(cfg.to_dict()), progress)
+        """The world a config describes, holding that config: its data, partition and base model come from this
+        process's cache, keyed by what they derive from alone (see :func:`_world_data` and :func:`_world_model`),
+        so runs of several methods, seeds or learning rates on one world build it once."""
+        # data first, so a bad dataset fails before the model loads
+        parts, test = _world_data(cfg)
+        model, tokenizer = _world_model(cfg, progress)
+        cost = _cost_model(cfg)
+        return cls(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)
 
     @classmethod
     def for_nodes(cls, cfg: RunConfig, sizes: list[int], devices: list[DeviceProfile], progress: bool = False
@@ -73,19 +84,20 @@ class Federation:
         client's example count and device as its node described them, and no client data."""
         from fedmoe.data.task_data import load_task_data
 
-        _, test = load_task_data(cfg.data, seed=cfg.data_seed)
-        model, tokenizer, cost = _cached_model(_freeze(cfg.to_dict()), progress)
-        return cls(cfg, tokenizer, model, [None] * len(sizes), test, list(devices), cost, sizes=list(sizes))
+        _, test = load_task_data(cfg.data, seed=cfg.data_seed, split=cfg.fed.eval_split)
+        model, tokenizer = _world_model(cfg, progress)
+        return cls(cfg, tokenizer, model, [None] * len(sizes), test, list(devices), _cost_model(cfg),
+                   sizes=list(sizes))
 
     @classmethod
     def for_node(cls, cfg: RunConfig, client_id: int, examples: list[Example], devices: list[DeviceProfile]
                  ) -> Federation:
         """A SuperNode's world: the base model and client ``client_id``'s own ``examples`` (no other client's
         data, no test set); ``devices`` is every client's profile, as the server sent them."""
-        model, tokenizer, cost = _cached_model(_freeze(cfg.to_dict()), False)
+        model, tokenizer = _world_model(cfg, False)
         parts: list[list[Example] | None] = [None] * len(devices)
         parts[client_id] = examples
-        return cls(cfg, tokenizer, model, parts, [], list(devices), cost)
+        return cls(cfg, tokenizer, model, parts, [], list(devices), _cost_model(cfg))
 
     def base_model(self) -> torch.nn.Module:
         """A fresh, trainable copy of the pretrained base model (the cached original is never touched), on the
@@ -145,56 +157,70 @@ class Federation:
         return TrainConfig(**kwargs)
 
 
-def _freeze(d):
-    """Hashable form of a nested dict (for the per-process cache)."""
-    if isinstance(d, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in d.items()))
-    if isinstance(d, list):
-        return tuple(_freeze(v) for v in d)
-    return d
+#: How many worlds' data and base models a process keeps (least recently used dropped first).
+WORLDS_KEPT = 2
+_DATA: OrderedDict[tuple, tuple[list[list[Example]], list[Example]]] = OrderedDict()
+_MODELS: OrderedDict[tuple, tuple[torch.nn.Module, object]] = OrderedDict()
 
 
-def _thaw(t):
-    if isinstance(t, tuple) and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in t):
-        return {k: _thaw(v) for k, v in t}
-    if isinstance(t, tuple):
-        return [_thaw(v) for v in t]
-    return t
+def _cached(cache: OrderedDict, key: tuple, build: Callable[[], Any]) -> Any:
+    """``cache[key]``, built on a miss, keeping the :data:`WORLDS_KEPT` most recently used entries."""
+    if key not in cache:
+        cache[key] = build()
+        while len(cache) > WORLDS_KEPT:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_federation(frozen_cfg, progress: bool) -> Federation:
-    from fedmoe.config import from_dict
+def _data_key(cfg: RunConfig) -> tuple:
+    """What the clients' data and the scored set derive from: the data section, ``data_seed``, the number of
+    clients (the partition) and the scored split; not the method, its options, the run seed or local training."""
+    return dataclasses.astuple(cfg.data), cfg.data_seed, cfg.fed.num_clients, cfg.fed.eval_split
+
+
+def _model_key(cfg: RunConfig) -> tuple:
+    """What the placed base model derives from: the model section, ``data_seed`` (the zoo's pretraining seed), and
+    the run's device and dtype."""
+    return dataclasses.astuple(cfg.model), cfg.data_seed, cfg.device, cfg.dtype
+
+
+def _world_data(cfg: RunConfig) -> tuple[list[list[Example]], list[Example]]:
+    """Every client's training examples and the scored set, cached per process by :func:`_data_key`."""
     from fedmoe.data.partition import partition
     from fedmoe.data.task_data import load_task_data
 
-    cfg = from_dict(_thaw(frozen_cfg))
-    # The world is drawn from data_seed (methods and seeds compare on it); data first, so a bad dataset fails
-    # before the model loads.
-    train, test = load_task_data(cfg.data, seed=cfg.data_seed)
-    parts = partition(
-        train,
-        cfg.fed.num_clients,
-        scheme=cfg.data.partition,
-        alpha=cfg.data.alpha,
-        domains_per_client=cfg.data.domains_per_client,
-        seed=cfg.data_seed,
-    )
-    model, tokenizer, cost = _cached_model(frozen_cfg, progress)
-    return Federation(cfg, tokenizer, model, parts, test, cost.devices(cfg.fed.num_clients), cost)
+    def build():
+        data = cfg.data
+        train, test = load_task_data(data, seed=cfg.data_seed, split=cfg.fed.eval_split)
+        return partition(train, cfg.fed.num_clients, scheme=data.partition, alpha=data.alpha,
+                         domains_per_client=data.domains_per_client, seed=cfg.data_seed), test
+
+    return _cached(_DATA, _data_key(cfg), build)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_model(frozen_cfg, progress: bool):
-    """The frozen base model on the run's device, its tokenizer and the cost model of a config."""
-    from fedmoe.config import from_dict
+def _world_model(cfg: RunConfig, progress: bool) -> tuple[torch.nn.Module, object]:
+    """The frozen base model on the run's device in its dtype (every method's model copies it) and its tokenizer,
+    cached per process by :func:`_model_key` (``progress`` only shows the first load)."""
     from fedmoe.device import place_model, resolve_device, resolve_dtype
-    from fedmoe.fl.cost import CostModel
     from fedmoe.moe.loading import load_base_model
 
-    cfg = from_dict(_thaw(frozen_cfg))
-    cost = CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.data_seed)
-    model, tokenizer = load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
-    model.requires_grad_(False)
-    place_model(model, resolve_device(cfg.device), resolve_dtype(cfg.dtype))  # every method's model copies it
-    return model, tokenizer, cost
+    def build():
+        model, tokenizer = load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
+        model.requires_grad_(False)
+        return place_model(model, resolve_device(cfg.device), resolve_dtype(cfg.dtype)), tokenizer
+
+    return _cached(_MODELS, _model_key(cfg), build)
+
+
+def client_devices(cfg: RunConfig, num_clients: int | None = None) -> list[DeviceProfile]:
+    """Each client's device profile as a run of ``cfg`` assigns it (its fleet, seeded by ``data_seed``), for
+    ``num_clients`` clients (default ``fed.num_clients``): what :attr:`Federation.devices` holds."""
+    return _cost_model(cfg).devices(cfg.fed.num_clients if num_clients is None else num_clients)
+
+
+def _cost_model(cfg: RunConfig) -> CostModel:
+    """The run's cost model (cheap to build; its device assignment is seeded by ``data_seed``)."""
+    from fedmoe.fl.cost import CostModel
+
+    return CostModel.build(cfg.cost.fleet, mode=cfg.cost.mode, arch=cfg.cost.projection, seed=cfg.data_seed)

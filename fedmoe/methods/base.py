@@ -1,11 +1,12 @@
 """What every federated method is: an options dataclass, a server half and a client half, named in a registry.
 
-A method's **server** (:class:`Server`) owns the global state and four steps: ``plan`` (one
+A method's **server** (:class:`Server`) owns the global state and its steps: ``plan`` (one
 :class:`ClientTask` per sampled client), ``aggregate`` (fold the clients' updates into the state), the
-models to evaluate, and ``state_dict`` / ``load_state_dict`` (resume). Its **client** (:class:`Client`)
-owns a local model and one step, ``update(task) -> ClientUpdate``, computed from the task and the shared
-:class:`Federation` alone. Both halves sit side by side in the method's file (as in FedLab); a
-:class:`MethodSpec` names them with the options dataclass. A client process builds only client halves.
+models to evaluate, what each client deploys (:meth:`Server.deployed_models`) and ``state_dict`` /
+``load_state_dict`` (resume). Its **client** (:class:`Client`) owns a local model and one step,
+``update(task) -> ClientUpdate``, computed from the task and the shared :class:`Federation` alone. Both halves
+sit side by side in the method's file (as in FedLab); a :class:`MethodSpec` names them with the options
+dataclass. A client process builds only client halves.
 
 Methods never import an engine: engines (``fedmoe.engines``) look a method up here by name, so one method
 runs unchanged in-process, in Flower's simulation and in a Flower deployment.
@@ -30,6 +31,16 @@ class NoArgs:
     """Options of a method that has none."""
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """A group of ``clients`` that deploy the same ``model`` (what each of them would run after the final round);
+    ``same_as_global``: the model is the one :meth:`Server.eval_model` gives (the global model)."""
+
+    clients: tuple[int, ...]
+    model: torch.nn.Module
+    same_as_global: bool
+
+
 class Server(ABC):
     """The server half of a method (see the module docstring); ``args`` is the method's options dataclass."""
 
@@ -52,6 +63,17 @@ class Server(ABC):
     def eval_models(self) -> Iterator[torch.nn.Module]:
         """Models whose scores are averaged into the round's score: by default the one global model."""
         yield self.eval_model()
+
+    def deployed_models(self) -> Iterator[Deployed]:
+        """What each client deploys, grouped: every client in exactly one group, one group per distinct model (a
+        method with three tiers gives three evaluations, not one per client), groups ordered by first client.
+
+        By default every client deploys the global model (FedIT, FedIT-NF4, central, FLoRA, FLUX, FMD, FMQ,
+        FMES); HetLoRA, FlexLoRA, FLAME, FFT-MoE and local-only training override it. As with
+        :meth:`eval_model`, the same model object may be reloaded for the next group: score each group's model
+        before taking the next.
+        """
+        yield Deployed(tuple(range(self.fed.cfg.fed.num_clients)), self.eval_model(), same_as_global=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume the server, as tensors, numbers, strings, lists and dicts (loadable

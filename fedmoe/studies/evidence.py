@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmoe.report import HeadToHeadRow
+from fedmoe.report import DEPLOYED, GLOBAL, HeadToHeadRow
 from fedmoe.results import load_config_dict, load_rounds
 from fedmoe.stats import Interval, mean_ci, paired_difference, verdict
+from fedmoe.studies.deployed import deployed_item_scores
 
 
 def _evaluated(folder: str | Path, last: int | None = None) -> list[dict]:
@@ -79,16 +80,27 @@ class Comparison:
 
 
 def compare(folders_a: Sequence[str | Path], folders_b: Sequence[str | Path], last: int = 1,
-            seed: int = 0) -> Comparison:
-    """Paired comparison of two methods run on the same seeds and test items (see :func:`paired_difference`)."""
+            seed: int = 0, protocol: str = GLOBAL) -> Comparison:
+    """Paired comparison of two methods run on the same seeds and test items (see :func:`paired_difference`),
+    under ``protocol``: ``global`` pairs the global models' per-item scores (each run's last ``last`` evaluations),
+    ``deployed`` the |D_i|-weighted per-item scores of what each run's clients deploy on its final round
+    (:func:`fedmoe.studies.deployed.deployed_item_scores`; score them in parallel first with ``score_deployed``)."""
+    if protocol not in (GLOBAL, DEPLOYED):
+        raise ValueError(f"compare scores models under the global or deployed protocol, got {protocol!r}")
+    if protocol == DEPLOYED and last != 1:
+        raise ValueError("the deployed protocol scores each run's final round only; use last=1")
     by_seed_a = {seed_of(f): f for f in folders_a}
     by_seed_b = {seed_of(f): f for f in folders_b}
     if set(by_seed_a) != set(by_seed_b):
         raise ValueError(f"paired comparison needs the same seeds on both sides; got {sorted(by_seed_a)} "
                          f"and {sorted(by_seed_b)}: run the missing seeds first")
     seeds = sorted(by_seed_a)
-    a = np.stack([item_scores(by_seed_a[s], last) for s in seeds])
-    b = np.stack([item_scores(by_seed_b[s], last) for s in seeds])
+
+    def items(folder: str | Path) -> np.ndarray:
+        return deployed_item_scores(folder) if protocol == DEPLOYED else item_scores(folder, last)
+
+    a = np.stack([items(by_seed_a[s]) for s in seeds])
+    b = np.stack([items(by_seed_b[s]) for s in seeds])
     diff = paired_difference(a, b, seed=seed)
     return Comparison(diff, verdict(diff), scale_of([*folders_a, *folders_b]))
 
@@ -132,9 +144,13 @@ def late_gain(folders: Sequence[str | Path], fraction: float = 2 / 3, seed: int 
     return paired_difference(np.stack(finals), np.stack(earlier), seed=seed)
 
 
-def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1) -> str:
-    """The name whose runs have the highest mean score (ties: the first name)."""
-    means = {name: float(np.mean([run_score(f, last) for f in folders])) for name, folders in groups.items()}
+def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1, protocol: str = GLOBAL) -> str:
+    """The name whose runs have the highest mean score (ties: the first name): the global models' (each run's
+    last ``last`` evaluations) or, under the ``deployed`` protocol, the |D_i|-weighted deployed models'."""
+    def score(folder: str | Path) -> float:
+        return float(np.mean(deployed_item_scores(folder))) if protocol == DEPLOYED else run_score(folder, last)
+
+    means = {name: float(np.mean([score(f) for f in folders])) for name, folders in groups.items()}
     return max(means, key=means.get)
 
 

@@ -1,7 +1,7 @@
 """The FFT-MoE study: FFT-MoE against FedIT and HetLoRA at matched trainable parameters, over data splits and
 seeds, with its auxiliary-loss ablation and its top-K heterogeneity sweep.
 
-Shared by ``notebooks/fftmoe`` and ``reproduce/bench_fftmoe.py``. The grid is one dict of *cells*
+Shared by ``notebooks/fftmoe`` and ``python -m fedmoe.studies fftmoe``. The grid is one dict of *cells*
 ``(variant, split) -> [run config per seed]``, run with one :func:`~fedmoe.studies.grid.run_configs` call:
 
 - every method of :data:`METHODS` on every split of :data:`SPLITS` (IID, Dirichlet alpha 10 / 1 / 0.3 / 0.1,
@@ -32,9 +32,11 @@ import numpy as np
 
 import fedmoe
 from fedmoe.config import RunConfig, from_dict, load_config, validate
-from fedmoe.report import HeadToHeadRow, TargetRow
+from fedmoe.report import DEPLOYED, GLOBAL, MECHANISM, HeadToHeadRow, TargetRow
 from fedmoe.results import load_config_dict, load_rounds
-from fedmoe.stats import Interval, judge_target, mean_ci
+from fedmoe.stats import Goal, Interval, mean_ci
+from fedmoe.studies.claims import OURS, Claim, claims_by_key
+from fedmoe.studies.deployed import score_deployed
 from fedmoe.studies.evidence import (
     Comparison,
     best_by_mean,
@@ -46,11 +48,12 @@ from fedmoe.studies.evidence import (
     seed_of,
 )
 from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, run_configs, with_seeds
+from fedmoe.studies.registry import Outcome
 from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
 
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "fftmoe.yaml"
-COMMAND = "python reproduce/bench_fftmoe.py"
-LONG_COMMAND = "make reproduce  (notebooks/fftmoe/03_long_horizon.ipynb; reproduce/bench_fftmoe.py)"
+COMMAND = "python -m fedmoe.studies fftmoe  (or notebooks/fftmoe/01_noniid.ipynb)"
+LONG_COMMAND = "python -m fedmoe.studies fftmoe-long  (or notebooks/fftmoe/03_long_horizon.ipynb)"
 PAPER = "FFT-MoE"
 
 METHOD = "fftmoe"
@@ -84,9 +87,33 @@ NO_AUX = "fftmoe-noaux"
 #: "Matches" margin: a paired difference above -5 points (what the kit's test sets are sized to resolve).
 MATCH_MARGIN = -0.05
 PERSONALISED_FILE = "personalised.json"
-#: The goal of a strict "> 0" target for :func:`~fedmoe.stats.judge_target` (MET when ``lo >= goal``): the
-#: smallest positive float, so an interval touching 0 is not a lead, and one lying at or below 0 fails.
-ABOVE_ZERO = math.nextafter(0.0, 1.0)
+_SCORE = "final score of the global adapter at the tier-0 K, points"
+#: FFT-MoE's claims, declared before any run (sources: the abstract, as summarised in docs/papers.md).
+CLAIMS = (
+    Claim("match", "FFT-MoE", "FFT-MoE matches the best baseline", "abstract", _SCORE,
+          "FFT-MoE - the baseline with the best mean score on the split, paired over seeds and test items",
+          Goal(">", MATCH_MARGIN), GLOBAL, axis="data split"),
+    Claim("lead-noniid", "FFT-MoE", "FFT-MoE leads the best baseline", "abstract (non-IID data)", _SCORE,
+          "FFT-MoE - the baseline with the best mean score on the split, paired over seeds and test items",
+          Goal(">", 0.0), GLOBAL, axis="data split"),
+    Claim("match-deployed", "FFT-MoE", "FFT-MoE matches the best baseline on what clients deploy", "abstract "
+          "(clients activate a personalised subset of experts)", "|D_i|-weighted mean of the clients' deployed models' "
+          "scores, points", "FFT-MoE (each client's router and K_n) - the baseline with the best mean deployed score "
+          "(HetLoRA's rank-r_i copies, FedIT's global), paired over seeds and test items", Goal(">", MATCH_MARGIN),
+          DEPLOYED, axis="data split"),
+    Claim("lead-noniid-deployed", "FFT-MoE", "FFT-MoE leads the best baseline on what clients deploy",
+          "abstract (non-IID data)", "|D_i|-weighted mean of the clients' deployed models' scores, points",
+          "as match-deployed", Goal(">", 0.0), DEPLOYED, axis="data split"),
+    Claim("retention", "FFT-MoE", "non-IID retention above the baseline's", "abstract (non-IID data)",
+          "score(alpha 0.1) / score(IID) of each run's seed", "FFT-MoE minus the baseline, paired by seed",
+          Goal(">", 0.0, "value", 3), GLOBAL),
+    Claim("aux-cv", "FFT-MoE", "auxiliary loss lowers the expert-load CV", "abstract (heterogeneity-aware auxiliary "
+          "loss)", "coefficient of variation of the expert load", "CV(aux off) - CV(aux on), paired by seed",
+          Goal(">", 0.0, "value", 3), MECHANISM),
+    Claim("aux-score", "FFT-MoE", "auxiliary loss does not lower the score", OURS, _SCORE,
+          "aux on - aux off, paired over seeds and test items", Goal(">", MATCH_MARGIN), GLOBAL, axis="data split"),
+)
+_CLAIM = claims_by_key(CLAIMS)
 
 Cell = tuple[str, str]  # (variant, split)
 
@@ -375,25 +402,19 @@ def _score_targets(folders: dict[Cell, list[Path]], splits: Sequence[str], last:
     """The split and retention targets on ``splits`` (``horizon``: e.g. "18 rounds", names a long-horizon check;
     ``command``: the one that regenerates the rows)."""
     seeds = len(folders[METHOD, IID_SPLIT])
-    scored = "" if last == 1 else f"; each run: mean of its last {last} evaluations"
-    rows, scale = [], scale_of(folders)
+    scored = "" if last == 1 else f"each run: mean of its last {last} evaluations"
+    common = {"command": command, "seeds": seeds, "run_scale": scale_of(folders)}
+    rows = []
     for split in splits:
         best, comparison = versus_best_baseline(folders, split, last)
-        lead = split in LEAD_SPLITS
-        goal = ABOVE_ZERO if lead else MATCH_MARGIN
-        rows.append(TargetRow(
-            PAPER, f"FFT-MoE {'leads' if lead else 'matches'} the best baseline ({split}{', ' + horizon if horizon else ''})",
-            comparison.difference, "> 0 points" if lead else f"> {goal * 100:+.0f} points",
-            judge_target(comparison.difference, goal), command,
-            note=f"FFT-MoE - {best}, paired over seeds and test items ({comparison.verdict}){scored}", seeds=seeds,
-            run_scale=scale))
+        claim = _CLAIM["lead-noniid" if split in LEAD_SPLITS else "match"]
+        rows.append(claim.row(comparison.difference, **common, axis_value=split,
+                              where=", ".join(t for t in (split, horizon) if t),
+                              note="; ".join(t for t in (f"best baseline {best}", scored) if t)))
     for baseline in BASELINES:
-        lead = retention_lead(folders, baseline, last)
-        rows.append(TargetRow(
-            PAPER, f"non-IID retention above {baseline}'s{f' ({horizon})' if horizon else ''}",
-            lead, "> 0", judge_target(lead, ABOVE_ZERO), command,
-            note=f"score(alpha 0.1) / score(IID), FFT-MoE minus baseline, paired by seed{scored}", seeds=seeds,
-            scale=1.0, digits=3, run_scale=scale))
+        rows.append(_CLAIM["retention"].row(retention_lead(folders, baseline, last), **common,
+                                            where=", ".join(t for t in (baseline, horizon) if t),
+                                            note=scored))
     return rows
 
 
@@ -403,23 +424,36 @@ def long_targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
     return _score_targets(folders, LONG_SPLITS, LONG_LAST, horizon=f"{rounds} rounds", command=LONG_COMMAND)
 
 
-def targets(folders: dict[Cell, list[Path]]) -> list[TargetRow]:
-    """The issue's three score targets, judged on intervals (MET / FAILED / UNRESOLVED)."""
-    seeds = len(folders[METHOD, IID_SPLIT])
-    rows, scale = _score_targets(folders, tuple(SPLITS)), scale_of(folders)
-    reduction = aux_cv_reduction(folders)
-    rows.append(TargetRow(
-        PAPER, "auxiliary loss lowers the expert-load CV", reduction, "> 0", judge_target(reduction, ABOVE_ZERO),
-        COMMAND,
-        note=f"CV(aux off) - CV(aux on), paired by seed, {reduction.n} pairs pooled over {', '.join(AUX_SPLITS)}",
-        seeds=seeds, scale=1.0, digits=3, run_scale=scale))
-    for split in AUX_SPLITS:
-        diff = compare(folders[METHOD, split], folders[NO_AUX, split]).difference
-        rows.append(TargetRow(
-            PAPER, f"auxiliary loss does not lower the score ({split})", diff, f"> {MATCH_MARGIN * 100:+.0f} points",
-            judge_target(diff, MATCH_MARGIN), COMMAND, note="aux on - aux off, paired over seeds and test items",
-            seeds=seeds, run_scale=scale))
+def deployed_targets(folders: dict[Cell, list[Path]], splits: Sequence[str] = tuple(SPLITS),
+                     jobs: int | None = None, progress: bool = False) -> list[TargetRow]:
+    """The split claims under the deployed protocol: every method scored on what its clients deploy (FFT-MoE's
+    personal router and K_n, HetLoRA's rank-r_i copy, FedIT's global adapter), final round, the best baseline
+    chosen by its mean deployed score, paired over seeds and items (runs scored in ``jobs`` processes)."""
+    score_deployed([f for split in splits for runs in by_method(folders, split).values() for f in runs], jobs,
+                   progress)
+    common = {"command": COMMAND, "seeds": len(folders[METHOD, IID_SPLIT]), "run_scale": scale_of(folders)}
+    rows = []
+    for split in splits:
+        runs = by_method(folders, split)
+        best = best_by_mean({m: runs[m] for m in BASELINES}, protocol=DEPLOYED)
+        claim = _CLAIM["lead-noniid-deployed" if split in LEAD_SPLITS else "match-deployed"]
+        rows.append(claim.row(compare(runs[METHOD], runs[best], protocol=DEPLOYED).difference, **common,
+                              axis_value=split, where=split, note=f"best baseline {best}"))
     return rows
+
+
+def targets(folders: dict[Cell, list[Path]], deployed: bool = True, jobs: int | None = None,
+            progress: bool = False) -> list[TargetRow]:
+    """The study's claims, judged on intervals: the split, retention and auxiliary-loss claims on the global
+    adapter and, with ``deployed``, the split claims on what each client deploys (:func:`deployed_targets`)."""
+    common = {"command": COMMAND, "seeds": len(folders[METHOD, IID_SPLIT]), "run_scale": scale_of(folders)}
+    rows = _score_targets(folders, tuple(SPLITS))
+    reduction = aux_cv_reduction(folders)
+    rows.append(_CLAIM["aux-cv"].row(reduction, **common, note=f"{reduction.n} pairs pooled over "
+                                                                f"{', '.join(AUX_SPLITS)}"))
+    rows += [_CLAIM["aux-score"].row(compare(folders[METHOD, split], folders[NO_AUX, split]).difference, **common,
+                                     axis_value=split, where=split) for split in AUX_SPLITS]
+    return rows + (deployed_targets(folders, jobs=jobs, progress=progress) if deployed else [])
 
 
 def attention_control(scale: str, seeds: Sequence[int], *, out_dir: str | Path, folders: dict[Cell, list[Path]],
@@ -448,3 +482,28 @@ def head_to_head(folders: dict[Cell, list[Path]]) -> list[HeadToHeadRow]:
         cfg = from_dict(load_config_dict(runs[0]))
         rows.append(replace(row, columns={**row.columns, "trainable params": trainable_params(cfg)}))
     return rows
+
+
+def _table(folders: dict[Cell, list[Path]], seeds: Sequence[int], splits: Sequence[str] = tuple(SPLITS)) -> str:
+    lines = [f"Final score of the global model, mean ± 95% CI over seeds {list(seeds)} (points)",
+             f"{'split':<13} " + " ".join(f"{m:>24}" for m in METHODS)]
+    lines += [f"{split:<13} " + " ".join(f"{row[m].format():>24}" for m in METHODS)
+              for split, row in score_table(folders, splits).items()]
+    return "\n".join(lines)
+
+
+def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
+          progress: bool = True) -> Outcome:
+    """The split study (report section ``fftmoe``) with the attention control beside it."""
+    folders = run_study(scale, seeds, out_dir=out_dir, jobs=jobs, progress=progress)
+    control = attention_control(scale, seeds, out_dir=out_dir, folders=folders, jobs=jobs, progress=progress)
+    lines = "\n".join(f"{name} {c.difference.format()} points ({c.verdict})" for name, c in control.items())
+    return Outcome("fftmoe", targets(folders, jobs=jobs, progress=progress), head_to_head(folders),
+                   [_table(folders, seeds), f"Attention control ({HEAD_TO_HEAD_SPLIT}, paired)\n{lines}"])
+
+
+def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
+               progress: bool = True) -> Outcome:
+    """The long-horizon check (report section ``fftmoe-long``)."""
+    long = run_long(scale, seeds, out_dir=out_dir, jobs=jobs, progress=progress)
+    return Outcome("fftmoe-long", long_targets(long), [], [_table(long, seeds, LONG_SPLITS)])

@@ -1,4 +1,4 @@
-"""FLAME's experiment grid, shared by ``notebooks/flame`` and ``reproduce/bench_flame.py``: the compute settings,
+"""FLAME's experiment grid, shared by ``notebooks/flame`` and ``python -m fedmoe.studies flame``: the compute settings,
 one run config per (method, setting, seed), and the numbers the figures show (score, FLOPs per client, FLAME's
 lead over the best baseline paired over seeds and test items).
 
@@ -21,28 +21,32 @@ from fedmoe.config import RunConfig, from_dict, load_config
 from fedmoe.fl.devices import get_fleet
 from fedmoe.fl.pricing import BF16_BYTES
 from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
-from fedmoe.report import TargetRow
+from fedmoe.report import DEPLOYED, GLOBAL, Precondition, TargetRow
 from fedmoe.results import load_config_dict, load_rounds
-from fedmoe.stats import Interval, judge_target, mean_ci, paired_difference, verdict
+from fedmoe.stats import Goal, Interval, mean_ci, paired_difference, verdict
+from fedmoe.studies.claims import OURS, Claim, claims_by_key
+from fedmoe.studies.deployed import score_deployed
 from fedmoe.studies.evidence import (
     Comparison,
     best_by_mean,
     compare,
     drop_from_best,
+    head_to_head_row,
     item_scores,
     scale_of,
     score_interval,
     seed_of,
 )
 from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, run_configs
+from fedmoe.studies.registry import Outcome
 from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
 
 SETTINGS = {"homogeneous": "rtx-3090-24gb", "uniform": "uniform", "heavy-tail": "heavy-tail"}
 BASELINES = ("hetlora", "flexlora", "flora", "fedit")
 METHODS = ("flame", *BASELINES)
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "flame.yaml"
-COMMAND = "make reproduce  (notebooks/flame/01_compute_settings.ipynb; reproduce/bench_flame.py)"
-LONG_COMMAND = "make reproduce  (notebooks/flame/04_long_horizon.ipynb; reproduce/bench_flame.py)"
+COMMAND = "python -m fedmoe.studies flame  (or notebooks/flame/01_compute_settings.ipynb)"
+LONG_COMMAND = "python -m fedmoe.studies flame-long  (or notebooks/flame/04_long_horizon.ipynb)"
 COLLAPSE_TOLERANCE = 0.05  # a run may end up to 5 points below its best round: the difference the test sets resolve
 RESCALERS = ("none", "fixed", "learnable")
 #: The long-horizon check (:func:`run_long`): FLAME, FLoRA (the best baseline in every setting at the study's own
@@ -52,6 +56,37 @@ LONG_SETTINGS = ("homogeneous", "heavy-tail")
 TIER_SCORES_FILE = "tier_scores.json"
 #: The paper-scale architecture the per-tier cost table prices (OLMoE-1B-7B: FLAME's model, 64 experts, top-8).
 PROJECTION = "olmoe-1b-7b"
+
+
+_SCORE = "final score of the global model, points"
+#: FLAME's claims, declared before any run. FLAME's lead is judged only where its premise holds: rank compression
+#: must cost the LoRA baselines (``rank-costs``), else spending a weak client's budget on experts instead of rank
+#: has nothing to win.
+CLAIMS = (
+    Claim("rank-costs", "FLAME", "precondition: rank compression costs FedIT", "ours (FLAME's premise: a compressed, "
+          "lower-rank LoRA loses information)", _SCORE, "FedIT full rank - FedIT at the weakest tier's rank, "
+          "homogeneous fleet, paired over seeds and test items", Goal(">", 0.0), GLOBAL),
+    Claim("lead", "FLAME", "FLAME beats the best heterogeneous-LoRA baseline", "abstract", _SCORE,
+          "FLAME - the baseline with the best mean score in the setting, paired over seeds and test items",
+          Goal(">", 0.0), GLOBAL, preconditions=("rank-costs",), axis="compute setting"),
+    Claim("lead-deployed", "FLAME", "FLAME beats the best heterogeneous-LoRA baseline on what clients deploy",
+          "abstract", "|D_i|-weighted mean of the clients' deployed models' scores, points",
+          "FLAME - the baseline with the best mean deployed score in the setting, paired over seeds and test items",
+          Goal(">", 0.0), DEPLOYED, preconditions=("rank-costs",), axis="compute setting"),
+    Claim("lead-grows", "FLAME", "FLAME's lead grows from homogeneous to heavy-tail", "abstract (resource-adaptive)",
+          _SCORE, "(lead in heavy-tail) - (lead in homogeneous), paired over seeds and test items", Goal(">", 0.0),
+          GLOBAL, preconditions=("rank-costs",)),
+    Claim("no-collapse", "FLAME", "no collapse: ends near its best round", OURS, _SCORE,
+          "final - best evaluated round, paired per seed and item", Goal(">", -0.05), GLOBAL),
+    Claim("rescaler-learnable", "FLAME", "learnable rescaler beats fixed", "paper (rescaling)", _SCORE,
+          "learnable - fixed k/k_i, paired over seeds and test items", Goal(">", 0.0), GLOBAL),
+    Claim("rescaler-fixed", "FLAME", "fixed rescaler beats none", "paper (rescaling)", _SCORE,
+          "fixed k/k_i - none, paired over seeds and test items", Goal(">", 0.0), GLOBAL),
+    Claim("tier-model", "FLAME", "diagnostic: a weak tier's own model beats a global model", OURS,
+          "the tier's deployed model (the global LoRA at its own top-k through its rescaler), points",
+          "final round, paired over seeds and test items", Goal(">", 0.0), DEPLOYED),
+)
+_CLAIM = claims_by_key(CLAIMS)
 
 
 def make_config(method: str, setting: str, *, scale: str = "default", seed: int = 0,
@@ -177,15 +212,16 @@ def tier_costs(runs: dict[str, str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def precondition_row(comparison: Comparison, seeds: int, setting: str = "") -> TargetRow:
-    """The precondition as a report row: full rank minus weakest rank must be positive (MET: the setting can
-    show FLAME's mechanism; otherwise its FLAME-vs-baseline verdicts do not test the paper's claim)."""
-    diff = comparison.difference
-    where = f" ({setting})" if setting else ""
-    return TargetRow(paper="FLAME", target=f"precondition: rank compression costs FedIT{where}", measured=diff,
-                     goal="> +0.0", verdict=judge_target(diff, 0.0), command=COMMAND, seeds=seeds,
-                     note="FedIT full rank - FedIT at the weakest tier's rank, homogeneous fleet, paired",
-                     run_scale=comparison.run_scale)
+def precondition(comparison: Comparison) -> Precondition:
+    """The measured premise (claim ``rank-costs``): full rank minus weakest rank must be positive, else the
+    FLAME-vs-baseline claims are NOT TESTABLE in this study."""
+    return _CLAIM["rank-costs"].precondition(comparison.difference)
+
+
+def precondition_row(comparison: Comparison, seeds: int) -> TargetRow:
+    """The premise as its own report row."""
+    return _CLAIM["rank-costs"].row(comparison.difference, command=COMMAND, seeds=seeds,
+                                    run_scale=comparison.run_scale)
 
 
 def best_baseline(folders: dict[tuple[str, str], list[Path]], setting: str, last: int = 1) -> str:
@@ -197,6 +233,26 @@ def lead(folders: dict[tuple[str, str], list[Path]], setting: str, last: int = 1
     """FLAME minus the best baseline in ``setting``, paired over seeds and test items (score units; each run
     scored over its last ``last`` evaluations)."""
     return compare(folders["flame", setting], folders[best_baseline(folders, setting, last), setting], last)
+
+
+def deployed_lead_targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str],
+                          premise: Precondition, command: str = COMMAND, horizon: str = "",
+                          jobs: int | None = None, progress: bool = False) -> list[TargetRow]:
+    """FLAME's lead under the deployed protocol: every method scored on what its clients deploy (FLAME's tier
+    models, HetLoRA's truncated and FlexLoRA's SVD copies, FedIT's and FLoRA's global model), the best baseline
+    chosen by its mean deployed score, paired over seeds and items (final round)."""
+    settings = list(settings)
+    score_deployed([f for (_, s), fs in folders.items() if s in settings for f in fs], jobs, progress)
+    rows, scale = [], scale_of(folders)
+    for setting in settings:
+        baselines = {m: fs for (m, s), fs in folders.items() if s == setting and m != "flame"}
+        best = best_by_mean(baselines, protocol=DEPLOYED)
+        diff = compare(folders["flame", setting], baselines[best], protocol=DEPLOYED).difference
+        rows.append(_CLAIM["lead-deployed"].row(diff, command=command, seeds=len(folders["flame", setting]),
+                                                run_scale=scale, axis_value=setting,
+                                                where=", ".join(t for t in (setting, horizon) if t),
+                                                preconditions=(premise,), note=f"best baseline {best}"))
+    return rows
 
 
 def lead_growth(folders: dict[tuple[str, str], list[Path]], low: str = "homogeneous", high: str = "heavy-tail",
@@ -238,27 +294,30 @@ def gap_anatomy(folders: dict[tuple[str, str], list[Path]], settings: Iterable[s
     return out
 
 
-def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], last: int = 1,
-            horizon: str = "", command: str = COMMAND) -> list[TargetRow]:
-    """FLAME's claims as report rows: it leads the best baseline in every setting, and its lead grows with
-    heterogeneity (homogeneous -> heavy-tail), each judged on its paired interval (``horizon``: e.g.
+def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], premise: Precondition,
+            last: int = 1, horizon: str = "", command: str = COMMAND, deployed: bool = True,
+            jobs: int | None = None, progress: bool = False) -> list[TargetRow]:
+    """FLAME's claims as report rows: it leads the best baseline in every setting (an axis) on the global models
+    and, with ``deployed``, on what each method's clients deploy (:func:`deployed_lead_targets`, final round;
+    scored in ``jobs`` processes), and its lead grows with heterogeneity (homogeneous -> heavy-tail), each judged
+    on its paired interval and NOT TESTABLE where the ``premise`` (:func:`precondition`) FAILED (``horizon``: e.g.
     "24 rounds", names a long-horizon check scored over each run's last ``last`` evaluations; ``command``: the one
     that regenerates the rows)."""
-    where = f", {horizon}" if horizon else ""
-    scored = "" if last == 1 else f"; each run: mean of its last {last} evaluations"
-    rows, scale = [], scale_of(folders)
-    for setting in settings:
-        diff = lead(folders, setting, last).difference
-        rows.append(TargetRow(paper="FLAME", target=f"FLAME >= best heterogeneous-LoRA baseline ({setting}{where})",
-                              measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
-                              note=f"FLAME - {best_baseline(folders, setting, last)}, paired{scored}",
-                              seeds=len(folders["flame", setting]), run_scale=scale))
+    settings = list(settings)
+    scored = "" if last == 1 else f"each run: mean of its last {last} evaluations"
+    scale = scale_of(folders)
+    rows = [_CLAIM["lead"].row(lead(folders, setting, last).difference, command=command,
+                               seeds=len(folders["flame", setting]), run_scale=scale, axis_value=setting,
+                               where=", ".join(t for t in (setting, horizon) if t), preconditions=(premise,),
+                               note="; ".join(t for t in (f"best baseline {best_baseline(folders, setting, last)}",
+                                                          scored) if t))
+            for setting in settings]
     if {"homogeneous", "heavy-tail"} <= set(settings):
-        diff = lead_growth(folders, last=last).difference
-        rows.append(TargetRow(paper="FLAME", target=f"FLAME's lead grows from homogeneous to heavy-tail{where}",
-                              measured=diff, goal="> +0.0", verdict=judge_target(diff, 0.0), command=command,
-                              note=f"(lead in heavy-tail) - (lead in homogeneous), paired{scored}",
-                              seeds=len(folders["flame", "heavy-tail"]), run_scale=scale))
+        rows.append(_CLAIM["lead-grows"].row(lead_growth(folders, last=last).difference, command=command,
+                                             seeds=len(folders["flame", "heavy-tail"]), run_scale=scale,
+                                             where=horizon, preconditions=(premise,), note=scored))
+    if deployed:
+        rows += deployed_lead_targets(folders, settings, premise, command, horizon, jobs, progress)
     return rows
 
 
@@ -273,11 +332,13 @@ def long_configs(*, scale: str = "default", seeds: Sequence[int] = (0,), overrid
             for s in LONG_SETTINGS for m in LONG_METHODS}
 
 
-def long_targets(folders: dict[tuple[str, str], list[Path]]) -> list[TargetRow]:
+def long_targets(folders: dict[tuple[str, str], list[Path]], premise: Precondition, deployed: bool = True,
+                 jobs: int | None = None, progress: bool = False) -> list[TargetRow]:
     """:func:`targets` judged on the long-horizon check (:func:`run_long`), each run scored over its last
-    :data:`~fedmoe.studies.grid.LONG_LAST` evaluations."""
+    :data:`~fedmoe.studies.grid.LONG_LAST` evaluations (the deployed protocol: on its final round)."""
     rounds = load_config_dict(folders["flame", LONG_SETTINGS[0]][0])["fed"]["rounds"]
-    return targets(folders, LONG_SETTINGS, last=LONG_LAST, horizon=f"{rounds} rounds", command=LONG_COMMAND)
+    return targets(folders, LONG_SETTINGS, premise, last=LONG_LAST, horizon=f"{rounds} rounds", command=LONG_COMMAND,
+                   deployed=deployed, jobs=jobs, progress=progress)
 
 
 def run_long(*, out_dir: str | Path, scale: str = "default", seeds: Sequence[int] = (0,),
@@ -324,44 +385,40 @@ def collapse_targets(groups: dict[str, Sequence[Path]], command: str) -> list[Ta
     """"No collapse" as report rows, one per group of runs (a temperature, a client-sampling level ...): the final
     score minus each seed's best round, paired over seeds and items, must stay above ``-COLLAPSE_TOLERANCE``
     (MET when its whole interval does, FAILED when the whole interval lies below)."""
-    rows, scale = [], scale_of(groups)
-    for label, folders in groups.items():
-        drop = drop_from_best(folders)
-        rows.append(TargetRow(paper="FLAME", target=f"no collapse: ends near its best round ({label})",
-                              measured=drop, goal=f"> -{COLLAPSE_TOLERANCE * 100:.1f}",
-                              verdict=judge_target(drop, -COLLAPSE_TOLERANCE), command=command,
-                              note="final - best evaluated round, paired per seed", seeds=len(folders),
-                              run_scale=scale))
-    return rows
+    scale = scale_of(groups)
+    return [_CLAIM["no-collapse"].row(drop_from_best(folders), command=command, seeds=len(folders), run_scale=scale,
+                                      where=label) for label, folders in groups.items()]
 
 
 def rescaler_targets(runs: dict[str, Sequence[Path]], setting: str, command: str) -> list[TargetRow]:
     """The paper's ordering learnable >= fixed >= none as report rows, each a paired difference judged > 0."""
-    rows, scale = [], scale_of(runs)
-    for better, worse in (("learnable", "fixed"), ("fixed", "none")):
-        diff = compare(runs[better], runs[worse]).difference
-        rows.append(TargetRow(paper="FLAME", target=f"{better} rescaler >= {worse} ({setting})", measured=diff,
-                              goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
-                              note=f"{better} - {worse}, paired", seeds=len(runs[better]), run_scale=scale))
-    return rows
+    scale = scale_of(runs)
+    return [_CLAIM[f"rescaler-{better}"].row(compare(runs[better], runs[worse]).difference, command=command,
+                                             seeds=len(runs[better]), run_scale=scale, where=setting)
+            for better, worse in (("learnable", "fixed"), ("fixed", "none"))]
 
 
 def tier_scores(folder: str | Path) -> dict[str, Any]:
-    """A finished FLAME run's per-tier models (:meth:`FlameServer.tier_model`: the global LoRA at the tier's own
-    top-k, through its rescaler) scored on the global test set: ``{"tiers": {tier: {"top_k", "score",
-    "item_scores"}}}`` for every tier of the run's fleet whose rescaler exists; cached in
-    ``<folder>/tier_scores.json``."""
+    """A finished FLAME run's per-tier models (:meth:`FlameServer.deployed_models`: the global LoRA at the tier's
+    own top-k, through its rescaler) scored on the global test set: ``{"tiers": {tier: {"top_k", "score",
+    "item_scores"}}}`` for every tier of the run's fleet whose rescaler exists (tiers sharing a model share its
+    evaluation); cached in ``<folder>/tier_scores.json``."""
     def compute() -> dict[str, Any]:
         cfg, fed, server = final_server(folder, "flame")
         tiers = {}
-        for tier in sorted(set(setting_tiers(cfg, cfg.method_args))):
-            try:
-                with server.tier_model(tier) as model:
-                    scores = evaluate_on(cfg, fed, model, fed.test_set)
-            except LookupError:  # no client of this tier was ever sampled
-                continue
-            tiers[str(tier)] = {"top_k": server.top_k_for(tier), "score": scores["score"],
-                                "item_scores": scores["item_scores"]}
+        for group in server.deployed_models():
+            first = group.clients[0]
+            if not group.same_as_global and server.args.rescaler != "none" and server.rescale_of(first) is None:
+                continue  # no client of this tier was ever sampled: its rescaler is unknown
+            names = sorted({str(server.budget(c).tier) for c in group.clients}, key=int)
+            if set(names) & set(tiers):
+                raise ValueError(f"{folder}: clients of tier {sorted(set(names) & set(tiers))} deploy different "
+                                 "models (rescaler_scope='client'); score them with "
+                                 "fedmoe.studies.deployed.deployed_scores")
+            scores = evaluate_on(cfg, fed, group.model, fed.test_set)
+            for tier in names:
+                tiers[tier] = {"top_k": server.budget(first).top_k, "score": scores["score"],
+                               "item_scores": scores["item_scores"]}
         return {"tiers": tiers}
 
     return cached_json(Path(folder) / TIER_SCORES_FILE, compute)
@@ -414,8 +471,44 @@ def deployed_targets(flame_runs: Sequence[Path], baseline_runs: Sequence[Path], 
             continue
         for label, runs in references.items():
             diff = paired_difference(items, np.stack([item_scores(f) for f in runs]))
-            rows.append(TargetRow(paper="FLAME", target=f"diagnostic: {name} model >= {label} ({setting}, {horizon})",
-                                  measured=diff, goal=">= +0.0", verdict=judge_target(diff, 0.0), command=command,
-                                  note="the global LoRA at the tier's own top-k through its rescaler; final "
-                                       "round, paired", seeds=len(flame_runs), run_scale=scale))
+            rows.append(_CLAIM["tier-model"].row(diff, command=command, seeds=len(flame_runs), run_scale=scale,
+                                                 where=f"{name} vs {label}, {setting}, {horizon}"))
     return rows
+
+
+def _premise(scale: str, seeds: Sequence[int], out_dir: str | Path, jobs: int | None, progress: bool
+             ) -> Comparison:
+    return rank_precondition(out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)[0]
+
+
+def _score_table(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], methods: Iterable[str],
+                 seeds: Sequence[int]) -> str:
+    lines = [f"Final score, mean ± 95% CI over seeds {list(seeds)} (points)"]
+    lines += [f"{setting:<12} " + "  ".join(f"{m} {score_interval(folders[m, setting]).format()}" for m in methods)
+              for setting in settings]
+    return "\n".join(lines)
+
+
+def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
+          progress: bool = True) -> Outcome:
+    """The compute-settings study (report section ``flame``): the premise, then FLAME's lead in every setting."""
+    folders = run_grid(METHODS, SETTINGS, out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)
+    pre = _premise(scale, seeds, out_dir, jobs, progress)
+    rows = [precondition_row(pre, len(seeds)),
+            *targets(folders, SETTINGS, precondition(pre), jobs=jobs, progress=progress)]
+    return Outcome("flame", rows, [head_to_head_row(m, folders[m, "uniform"]) for m in METHODS],
+                   [_score_table(folders, SETTINGS, METHODS, seeds)])
+
+
+def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
+               progress: bool = True) -> Outcome:
+    """The long-horizon check (report section ``flame-long``): FLAME's claims at 3x the rounds and each weak
+    tier's own model against both global models."""
+    long = run_long(out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)
+    rows = long_targets(long, precondition(_premise(scale, seeds, out_dir, jobs, progress)), jobs=jobs,
+                        progress=progress)
+    rounds = load_config_dict(long["flame", "heavy-tail"][0])["fed"]["rounds"]
+    best = best_baseline(long, "heavy-tail", LONG_LAST)
+    rows += deployed_targets(long["flame", "heavy-tail"], long[best, "heavy-tail"], best, "heavy-tail",
+                             f"{rounds} rounds", LONG_COMMAND, jobs=jobs, progress=progress)
+    return Outcome("flame-long", rows, [], [_score_table(long, LONG_SETTINGS, LONG_METHODS, seeds)])

@@ -1,4 +1,4 @@
-"""FLUX's experiments as functions (the notebooks and ``reproduce/bench_flux.py`` narrate and print them).
+"""FLUX's experiments as functions (the notebooks and ``python -m fedmoe.studies flux`` narrate and print them).
 
 Every run goes through :func:`fedmoe.experiment.run` (finished runs are reused), configured from
 ``reproduce/configs/flux.yaml`` (which holds the sizes of every scale); the grid of methods x suites x seeds runs
@@ -30,7 +30,7 @@ suite is reported beside it, none is picked after the fact.
    geometric mean; :func:`speedup_interval`). Censored seeds enter at their bound, so the interval is itself a
    bound: when any seed is a lower bound (and none an upper bound) only MET can be concluded (FAILED becomes
    UNRESOLVED), when any is an upper bound only FAILED; both kinds, or a seed with both censored, decide nothing
-   (:func:`judge_speedup`).
+   (:func:`speedup_bound`, judged by :meth:`fedmoe.stats.Goal.judge`).
 
 FLUX's final score minus FMD's is a paired comparison over seeds and test items at the end of each full run
 (:func:`fedmoe.studies.evidence.compare`); FLUX's overhead share of a round is averaged over a run's rounds and
@@ -51,11 +51,13 @@ import numpy as np
 from fedmoe.config import load_config
 from fedmoe.engines import run
 from fedmoe.fl.devices import get_device
-from fedmoe.report import HeadToHeadRow, TargetRow
+from fedmoe.report import GLOBAL, MECHANISM, HeadToHeadRow, TargetRow
 from fedmoe.results import curve, load_config_dict, load_rounds
-from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval, judge_target, mean_ci
+from fedmoe.stats import BOUNDS, EXACT, LOWER_BOUND, UNKNOWN_BOUND, UPPER_BOUND, Goal, Interval, mean_ci
+from fedmoe.studies.claims import OURS, Claim, claims_by_key
 from fedmoe.studies.evidence import compare, head_to_head_row, scale_of, score_interval, seed_of
 from fedmoe.studies.grid import run_configs
+from fedmoe.studies.registry import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "reproduce" / "configs" / "flux.yaml"
@@ -70,6 +72,45 @@ SUITES = ("dolly", "gsm", "mmlu")
 HEADLINE_SUITE = "gsm"
 #: Share of FMD's improvement over the base score that sets the time-to-accuracy target.
 TARGET_FRACTION = 0.9
+_TTA = ("time to the target score: the first simulated second at which a run's global model scores at least base + "
+        f"{TARGET_FRACTION:.0%} of FMD's gain (per seed, at an equal horizon), geometric mean over seeds")
+#: FLUX's claims, declared before any run (sources: the abstract and the paper's ablations as summarised in
+#: docs/papers.md; the scalability goal and the eps comparison's size are ours where the paper gives none).
+CLAIMS = (
+    Claim("parity-fmd", "FLUX", "FLUX final score within 2 points of FMD", "abstract (close to full-model accuracy)",
+          "final score of the global model, points", "FLUX - FMD at the end of each run, paired over seeds and test "
+          "items", Goal(">", -0.02), GLOBAL, axis="suite"),
+    Claim("speedup-best", "FLUX", "time-to-accuracy speedup over the best of FMD/FMQ/FMES", "abstract",
+          _TTA, "the fastest baseline's time over FLUX's, per seed", Goal(">", 2.0, "ratio", 2), GLOBAL, axis="suite"),
+    Claim("speedup-slowest", "FLUX", "time-to-accuracy speedup over the slowest of them", "abstract (up to 4.75x)",
+          _TTA, "the slowest baseline's time over FLUX's, per seed", Goal(">", 4.75, "ratio", 2), GLOBAL,
+          axis="suite"),
+    Claim("overhead", "FLUX", "FLUX overhead <= 5% of a round", "ours (the paper reports small overheads)",
+          "profiling time not hidden by stale profiling, share of the round", "FLUX runs alone",
+          Goal("<", 0.05, "percent", 2), MECHANISM, axis="suite"),
+    Claim("merge-layer-aware-vs-uniform", "FLUX", "layer-aware vs uniform budget: lower merge output error",
+          "paper ablation (about 48%)", "relative reduction of merge output error", "equal slot totals, per client, "
+          "mean within seed", Goal(">", 0.0, "percent"), MECHANISM),
+    Claim("merge-layer-aware-vs-one", "FLUX", "layer-aware vs one merged expert per layer: lower merge output error",
+          "paper ablation (about 66%)", "relative reduction of merge output error", "equal slot totals, per client, "
+          "mean within seed", Goal(">", 0.0, "percent"), MECHANISM),
+    Claim("merge-attention-weights", "FLUX", "frequency x attention vs frequency-only weights: lower merge output "
+          "error", "paper ablation (about 19%)", "relative reduction of merge output error", "equal slot totals, per "
+          "client, mean within seed", Goal(">", 0.0, "percent"), MECHANISM),
+    Claim("stale-saves-time", "FLUX", "stale profiling cuts round time", "paper ablation (about 28%)",
+          "1 - stale / fresh mean simulated round", "stale vs fresh profiling runs, paired by seed",
+          Goal(">", 0.0, "percent"), MECHANISM),
+    Claim("stale-error", "FLUX", "stale profiling adds < 2 points of profiling error", "paper ablation",
+          "relative L1 distance of the stale to the current profile, points", "stale-profiling runs",
+          Goal("<", 0.02), MECHANISM),
+    Claim("eps-ramp", "FLUX", "ramp eps schedule beats fixed eps", "paper ablation (a ramp beat fixed 0.3 and 0.7)",
+          "final score of the global model, points", "ramp - fixed at the end of each run, paired over seeds and "
+          "items", Goal(">", 0.0), GLOBAL, axis="fixed eps"),
+    Claim("scalability", "FLUX", "FLUX's round shorter than FMD's", OURS + " (the paper varies 10 to 30 participants)",
+          "FMD / FLUX mean simulated round", "paired by seed; full participation", Goal(">", 1.0, "ratio", 2),
+          MECHANISM, axis="participating clients"),
+)
+_CLAIM = claims_by_key(CLAIMS)
 
 
 def flux_config(method: str, suite: str = "gsm", *, scale: str = "default", seed: int = 0,
@@ -190,7 +231,7 @@ def slowest(times: Sequence[Time]) -> Time:
 
 
 #: Kinds of a per-seed speedup: exact, a lower or upper bound on the true ratio, or unknown.
-EXACT, LOWER, UPPER, UNKNOWN = "exact", "lower bound", "upper bound", "unknown"
+LOWER, UPPER, UNKNOWN = LOWER_BOUND, UPPER_BOUND, UNKNOWN_BOUND
 
 
 @dataclass(frozen=True)
@@ -236,12 +277,9 @@ def speedup_interval(ratios: Sequence[Ratio]) -> Speedup:
     return Speedup(iv, kind, tuple(ratios))
 
 
-def judge_speedup(speedup: Speedup, goal: float) -> str:
-    """MET / FAILED / UNRESOLVED for ``speedup >= goal``, only concluding what the bounds allow (a lower-bound
-    interval can only be MET, an upper-bound one only FAILED, mixed or unknown ones neither)."""
-    word = judge_target(speedup.interval, goal)
-    allowed = {EXACT: (MET, FAILED), LOWER: (MET,), UPPER: (FAILED,)}.get(speedup.kind, ())
-    return word if word in allowed else UNRESOLVED
+def speedup_bound(speedup: Speedup) -> str:
+    """The :data:`fedmoe.stats.BOUNDS` word a speedup is judged as (``mixed`` bounds decide nothing: unknown)."""
+    return speedup.kind if speedup.kind in BOUNDS else UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -331,7 +369,7 @@ def _benchmark(folders: dict[tuple[str, str], list[Path]], suite: str) -> tuple[
     cfg = load_config_dict(folders["flux", suite][0])
     model_scale = cfg["model"]["scale"]
     other_zoo = model_scale != cfg["scale"]
-    command = f"python reproduce/bench_flux.py --suites {suite}" + (f" --zoo-scale {model_scale}" if other_zoo else "")
+    command = f"python -m fedmoe.studies flux --suites {suite}" + (f" --zoo-scale {model_scale}" if other_zoo else "")
     params = [*([f"suites=[{suite}]"] if suite != HEADLINE_SUITE else []),
               *([f"zoo_scale={model_scale}"] if other_zoo else [])]
     notebook = "notebooks/flux/01_time_to_accuracy.ipynb" + (f" with {', '.join(params)}" if params else "")
@@ -346,23 +384,15 @@ def targets(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLINE_SU
     where, command = _benchmark(folders, suite)
     gap = compare(folders["flux", suite], folders["fmd", suite]).difference
     overhead = overhead_interval(folders["flux", suite])
-    scale = scale_of(folders)
-    rows = [TargetRow(paper="FLUX", target=f"FLUX final score within 2 points of FMD ({where})", measured=gap,
-                      goal=">= -2.0", verdict=judge_target(gap, -0.02), command=command, seeds=n,
-                      note="FLUX - FMD at the end of each run, paired over seeds and test items", run_scale=scale)]
-    for key, goal, text in (("best", 2.0, "the best of FMD/FMQ/FMES"), ("slowest", 4.75, "the slowest of them")):
+    common = {"command": command, "seeds": n, "run_scale": scale_of(folders), "where": where, "axis_value": suite}
+    rows = [_CLAIM["parity-fmd"].row(gap, **common)]
+    for key in ("best", "slowest"):
         sp = result.speedups[key]
-        rows.append(TargetRow(paper="FLUX", target=f"time-to-accuracy speedup over {text} ({where})",
-                              measured=sp.interval, goal=f">= {goal:g}x", verdict=judge_speedup(sp, goal),
-                              command=command, seeds=n, scale=1.0, digits=2,
-                              note=f"geometric mean over seeds, {sp.kind}; target {result.target.format()} points "
-                                   f"(base + 90% of FMD's gain); equal horizon {result.horizon.mean:.0f} "
-                                   "simulated s", run_scale=scale))
-    rows.append(TargetRow(paper="FLUX", target=f"FLUX overhead <= 5% of a round ({where})", measured=overhead,
-                          goal="<= 5.0%", verdict=judge_target(overhead, 0.05, higher_is_better=False),
-                          command=command, seeds=n, digits=2,
-                          note="profiling time not hidden by stale profiling, share of the round, in percent",
-                          run_scale=scale))
+        rows.append(_CLAIM[f"speedup-{key}"].row(
+            sp.interval, bound=speedup_bound(sp), **common,
+            note=f"{sp.kind}; target {result.target.format()} points (base + 90% of FMD's gain); equal horizon "
+                 f"{result.horizon.mean:.0f} simulated s"))
+    rows.append(_CLAIM["overhead"].row(overhead, **common))
     return rows
 
 
@@ -513,7 +543,8 @@ def diagnostics(folder: Path) -> dict[str, float]:
 def merge_ablation(fed, clients: list[int], *, examples: int = 32, seed: int = 0) -> list[dict[str, Any]]:
     """Output error of merging each client's non-tuning experts (no tuning experts, its FLUX slot budget) on the
     global base model, for every budget strategy, weighting and drop; profiled at full precision."""
-    from fedmoe.methods.flux.budget import flux_budget, layer_merge_budget, priced_model, tiny_count
+    from fedmoe.methods.experts.priced import priced_model
+    from fedmoe.methods.flux.budget import flux_budget, layer_merge_budget, tiny_count
     from fedmoe.methods.flux.merging import apply_merge, output_error, plan_merge
     from fedmoe.methods.flux.profiling import example_batches, profile_model, profile_subset
     from fedmoe.moe.layers import moe_layers
@@ -596,23 +627,14 @@ def ablation_targets(merge_rows: Sequence[dict[str, Any]], stale: Sequence[str |
     the paper's size in the note), stale profiling cuts round time (saving > 0) with < 2 points of staleness
     error."""
     n = len({r["seed"] for r in merge_rows})
-    rows, scale = [], scale_of([*stale, *fresh])
-    for (name, _, _), paper, (_, red) in zip(MERGE_CONTRASTS, PAPER_MERGE_REDUCTIONS,
-                                             merge_reductions(merge_rows).items(), strict=True):
-        rows.append(TargetRow(paper="FLUX", target=f"{name}: lower merge output error", measured=red, goal="> 0%",
-                              verdict=judge_target(red, 0.0), command=ABLATION_COMMAND, seeds=n,
-                              note=f"relative reduction, percent (paper: {paper}%); equal slot totals",
-                              run_scale=scale))
+    scale = scale_of([*stale, *fresh])
+    rows = [_CLAIM[key].row(red, command=ABLATION_COMMAND, seeds=n, run_scale=scale)
+            for key, red in zip(("merge-layer-aware-vs-uniform", "merge-layer-aware-vs-one", "merge-attention-weights"),
+                                merge_reductions(merge_rows).values(), strict=True)]
     effect = stale_profiling_effect(stale, fresh)
     saving, err = effect["round_time_saving"], effect["stale_error"]
-    rows.append(TargetRow(paper="FLUX", target="stale profiling cuts round time", measured=saving, goal="> 0%",
-                          verdict=judge_target(saving, 0.0), command=ABLATION_COMMAND, seeds=saving.n,
-                          note="1 - stale / fresh mean simulated round, percent (paper: 28.2%)", run_scale=scale))
-    rows.append(TargetRow(paper="FLUX", target="stale profiling adds < 2 points of profiling error", measured=err,
-                          goal="< 2.0", verdict=judge_target(err, 0.02, higher_is_better=False),
-                          command=ABLATION_COMMAND, seeds=err.n,
-                          note="relative L1 distance of the stale to the current profile, points",
-                          run_scale=scale))
+    rows.append(_CLAIM["stale-saves-time"].row(saving, command=ABLATION_COMMAND, seeds=saving.n, run_scale=scale))
+    rows.append(_CLAIM["stale-error"].row(err, command=ABLATION_COMMAND, seeds=err.n, run_scale=scale))
     return rows
 
 
@@ -623,15 +645,10 @@ EPS_FIXED = (0.3, 0.7)
 def eps_targets(ramp: Sequence[str | Path], fixed: dict[float, Sequence[str | Path]]) -> list[TargetRow]:
     """The paper's eps-schedule claim as report rows: the ramp's final score minus each fixed eps's, paired over
     seeds and test items, must be > 0 (the paper reports that the ramp beat both, size unknown)."""
-    rows, scale = [], scale_of(ramp)
-    for eps, runs in sorted(fixed.items()):
-        diff = compare(ramp, runs).difference
-        rows.append(TargetRow(paper="FLUX", target=f"ramp eps schedule beats fixed eps {eps:g} (final score)",
-                              measured=diff, goal="> 0.0", verdict=judge_target(diff, 0.0),
-                              command=ABLATION_COMMAND, seeds=len(by_seed(runs)),
-                              note="ramp - fixed at the end of each run, points, paired over seeds and items",
-                              run_scale=scale))
-    return rows
+    scale = scale_of(ramp)
+    return [_CLAIM["eps-ramp"].row(compare(ramp, runs).difference, command=ABLATION_COMMAND, seeds=len(by_seed(runs)),
+                                   run_scale=scale, axis_value=eps, where=f"{eps:g}")
+            for eps, runs in sorted(fixed.items())]
 
 
 SCALABILITY_COMMAND = "make reproduce  (notebooks/flux/03_scalability.ipynb)"
@@ -656,13 +673,41 @@ def scalability_targets(runs: dict[tuple[str, int], Sequence[str | Path]]) -> li
     """The scalability study as report rows: FLUX's round stays shorter than FMD's (ratio > 1) at every number of
     participating clients (the paper varies 10 -> 30; what it measured there is not known, the goal is ours)."""
     scale = scale_of(runs)
-    return [TargetRow(paper="FLUX", target=f"FLUX's round shorter than FMD's with {n} participating clients",
-                      measured=iv, goal="> 1x", verdict=judge_target(iv, 1.0), command=SCALABILITY_COMMAND,
-                      seeds=iv.n, scale=1.0, digits=2,
-                      note="FMD / FLUX mean simulated round, paired by seed; full participation", run_scale=scale)
+    return [_CLAIM["scalability"].row(iv, command=SCALABILITY_COMMAND, seeds=iv.n, run_scale=scale, axis_value=n,
+                                      where=f"{n} participating clients")
             for n, iv in round_time_ratios(runs).items()]
 
 
 def score_curve(folder: Path, x: str = "sim_time") -> tuple[list[float], list[float]]:
     """Score against ``x`` (re-exported for notebooks)."""
     return curve(folder, x)
+
+
+def section_name(suites: Sequence[str], zoo_scale: str | None = None) -> str:
+    """The report section of a FLUX study: ``flux``, or ``flux-<zoo scale>-<suites>`` for a side study (another
+    trained zoo model, or a run without the headline suite)."""
+    side = [*([zoo_scale] if zoo_scale else []), *([] if HEADLINE_SUITE in suites else suites)]
+    return "-".join(["flux", *side])
+
+
+def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None, progress: bool = True,
+          suites: str | None = None, zoo_scale: str | None = None) -> Outcome:
+    """The time-to-accuracy study on ``suites`` (comma-separated; default all) as the registry runs it."""
+    chosen = suites.split(",") if suites else list(SUITES)
+    unknown = sorted(set(chosen) - set(SUITES))
+    if unknown:
+        raise ValueError(f"unknown FLUX suites {unknown}; choose among {', '.join(SUITES)} (comma-separated)")
+    overrides = {"model.scale": zoo_scale} if zoo_scale else {}
+    folders = run_grid(METHODS, chosen, out_dir=out_dir, scale=scale, seeds=seeds, overrides=overrides, jobs=jobs,
+                       progress=progress)
+    tables = []
+    for suite in chosen:
+        res = suite_result(folders, suite)
+        rows = suite_table(folders, res)
+        header = list(rows[0])
+        body = "\n".join("  ".join(f"{row[h]}" for h in header) for row in rows)
+        tables.append(f"{suite}: target {res.target.format()} points (base + 90% of FMD's gain), horizon "
+                      f"{res.horizon.mean:.0f} simulated s; time to target per seed ('+': censored)\n"
+                      f"{'  '.join(header)}\n{body}")
+    return Outcome(section_name(chosen, zoo_scale), [row for s in chosen for row in targets(folders, s)],
+                   [row for s in chosen for row in head_to_head(folders, s)], tables)

@@ -1,7 +1,7 @@
 """The kit of methods that train routed experts' full weights (FLUX and its baselines FMD, FMQ, FMES).
 
 Routed experts train, and attention as the method's ``attention`` option says (LoRA on q/v, full q/k/v/o
-or frozen: :mod:`fedmoe.methods.flux.attention`); embeddings, norms and routers stay frozen. The server holds
+or frozen: :mod:`fedmoe.methods.experts.attention`); embeddings, norms and routers stay frozen. The server holds
 the fused expert tensors of every MoE layer (and the attention tensors); a client uploads the experts it
 trained, keyed ``"{layer}.{expert}.{param}"``; :func:`aggregate_experts` averages each expert over the
 clients that trained it, weighted by the tokens each routed to it (an expert nobody trained, or to which no
@@ -23,8 +23,8 @@ from torch import nn
 from fedmoe.fl.aggregate import weighted_average
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.methods.base import Client, DeviceBudgets, Server
-from fedmoe.methods.flux import attention as attn
-from fedmoe.methods.flux.budget import PricedModel, priced_model
+from fedmoe.methods.experts import attention as attn
+from fedmoe.methods.experts.priced import PricedModel, priced_model
 from fedmoe.moe.layers import moe_layers
 from fedmoe.moe.surgery import EXPERT_PARAMS, freeze_experts
 from fedmoe.train import TrainStats, finetune
@@ -198,7 +198,7 @@ class ExpertHalf(DeviceBudgets):
 
     @functools.cached_property
     def pm(self) -> PricedModel:
-        """The priced architecture's expert sizes (:func:`fedmoe.methods.flux.budget.priced_model`)."""
+        """The priced architecture's expert sizes (:func:`fedmoe.methods.experts.priced.priced_model`)."""
         return priced_model(self.fed)
 
     @functools.cached_property

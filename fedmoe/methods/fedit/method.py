@@ -17,7 +17,7 @@ from fedmoe.data.records import Example
 from fedmoe.fl.aggregate import weighted_average
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.pricing import lora_params, payload_bytes, training_work
-from fedmoe.methods.base import register
+from fedmoe.methods.base import Deployed, register
 from fedmoe.methods.hetero.base import LoRAArgs, LoRAClient, LoRAServer, client_update, updates_of
 
 
@@ -115,6 +115,22 @@ class LocalOnlyServer(FedITServer):
             states = states[:1]
         for state in states:
             yield self.adapter_model(state)
+
+    def deployed_models(self):
+        """Each client deploys its own adapter; clients holding identical adapters (those that never trained
+        hold the initial one, the global model) share a group."""
+        groups: list[tuple[dict[str, torch.Tensor], list[int]]] = []
+        for c in sorted(self.client_states):
+            state = self.client_states[c]
+            for held, members in groups:
+                if _same_state(held, state):
+                    members.append(c)
+                    break
+            else:
+                groups.append((state, [c]))
+        for state, clients in groups:
+            yield Deployed(tuple(clients), self.adapter_model(state),
+                           same_as_global=_same_state(state, self.global_state))
 
     def state_dict(self):
         return {"clients": self.client_states}

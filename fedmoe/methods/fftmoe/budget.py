@@ -35,6 +35,13 @@ def adapter_params(config, num_experts: int, bottleneck: int, top_k: int) -> Ada
     return AdapterParams(layers * num_experts * (d + expert), layers * (num_experts * d + top_k * expert))
 
 
+def client_budget(fed, args, client_id: int) -> tuple[int, int]:
+    """(tier, K_n) of a client under FFT-MoE options ``args`` (:class:`~fedmoe.methods.fftmoe.method.FFTMoEArgs`):
+    its compute tier and ``K_n = max(1, top_k // 2**tier)``."""
+    tier = client_tiers(fed.devices, args.tiers, args.tier_tflops)[client_id]
+    return tier, ladder(args.top_k, tier)
+
+
 def bottleneck_for_budget(config, num_experts: int, trainable_params: int) -> int:
     """The bottleneck b (>= 1) whose adapter's stored parameters come closest to ``trainable_params``
     (e.g. FedIT's LoRA total from :func:`budget_table`, to compare methods at matched budgets)."""
@@ -51,8 +58,6 @@ def budget_table(fed, methods_args: dict[str, dict[str, Any] | None], *, seq_len
 
     ``methods_args``: ``{"fftmoe" | "fedit" | "hetlora": method_args}`` (``None``: the method's defaults).
     """
-    from fedmoe.methods.fftmoe.method import client_budget
-
     config, n = fed.priced_config, fed.cfg.fed.num_clients
     s = seq_len or fed.cfg.fed.max_length
     rows = []

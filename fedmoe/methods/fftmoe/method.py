@@ -6,7 +6,7 @@ The method is written as two halves that share nothing but the :class:`ClientTas
 contract and the :class:`Federation`:
 
 - :class:`FFTMoEServer` holds the global adapter (and, with ``personal_router``, every client's router),
-  plans tasks, aggregates and builds the models to evaluate;
+  plans tasks, aggregates and builds the models to evaluate and those the clients deploy;
 - :class:`FFTMoEClient` builds its own model (base + adapters), derives its K_n from its device tier and
   its data skew from its local data, trains, and prices its work.
 
@@ -24,7 +24,7 @@ from fedmoe.fl.aggregate import weighted_average
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import token_flops
 from fedmoe.fl.pricing import payload_bytes, training_work
-from fedmoe.methods.base import Client, Server, register
+from fedmoe.methods.base import Client, Deployed, Server, register
 from fedmoe.methods.fftmoe.adapter import (
     adapter_parameters,
     adapter_state_dict,
@@ -36,8 +36,8 @@ from fedmoe.methods.fftmoe.adapter import (
     set_adapter_top_k,
 )
 from fedmoe.methods.fftmoe.aux_loss import RoutingRegulariser, data_skew, heterogeneity_factor, load_cv
-from fedmoe.methods.fftmoe.budget import adapter_params
-from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS, client_tiers, ladder
+from fedmoe.methods.fftmoe.budget import adapter_params, client_budget
+from fedmoe.methods.hetero.tiers import DEFAULT_TIER_TFLOPS
 from fedmoe.train import TrainStats, finetune
 
 
@@ -77,12 +77,6 @@ class FFTMoEArgs:
                              f">= 0, got {weights}; switch the auxiliary loss off with aux_loss=false")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be > 0 (or null to use fed.lr)")
-
-
-def client_budget(fed, args: FFTMoEArgs, client_id: int) -> tuple[int, int]:
-    """(tier, K_n) of a client: its compute tier and ``K_n = max(1, top_k // 2**tier)``."""
-    tier = client_tiers(fed.devices, args.tiers, args.tier_tflops)[client_id]
-    return tier, ladder(args.top_k, tier)
 
 
 def _adapted_base(fed, args: FFTMoEArgs) -> torch.nn.Module:
@@ -144,6 +138,18 @@ class FFTMoEServer(Server):
         model object is reloaded for each client: score it before taking the next."""
         for c in range(self.fed.cfg.fed.num_clients):
             yield c, self._model_with(self.client_state(c), client_budget(self.fed, self.args, c)[1])
+
+    def deployed_models(self) -> Iterator[Deployed]:
+        """What each client deploys: the model of :meth:`personalised_models`, grouped by identical (router, K_n):
+        the clients with their own router (``personal_router``, once they have trained) one group each, the
+        others by K_n; the global model where that is the global router at the tier-0 ``top_k``."""
+        groups: dict[tuple[int, int | None], list[int]] = {}
+        for c in range(self.fed.cfg.fed.num_clients):
+            own = self.args.personal_router and c in self.routers
+            groups.setdefault((client_budget(self.fed, self.args, c)[1], c if own else None), []).append(c)
+        for (k, owner), clients in groups.items():
+            yield Deployed(tuple(clients), self._model_with(self.client_state(clients[0]), k),
+                           same_as_global=owner is None and k == self.args.top_k)
 
     def _model_with(self, state: dict[str, torch.Tensor], top_k: int) -> torch.nn.Module:
         load_adapter_state_dict(self.model, state)

@@ -7,7 +7,7 @@ See README.md in this folder for the equation -> function map and the open choic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -15,7 +15,7 @@ import torch
 
 from fedmoe.data.collate import collate_train
 from fedmoe.fl.contract import ClientTask, ClientUpdate
-from fedmoe.methods.base import register
+from fedmoe.methods.base import Deployed, register
 from fedmoe.methods.flame.aggregate import (
     FREQUENCIES,
     activation_frequencies,
@@ -92,6 +92,14 @@ class FlameBudgets:
         """Values in a rescaler: one per MoE layer (``rescaler_per_layer``), else one."""
         return len(moe_layers(self.model)) if self.args.rescaler_per_layer else 1
 
+    def initial_rescale(self, model: torch.nn.Module, client: int, top_k: int) -> list[float]:
+        """A client's first rescaler (:func:`.rescaler.start_scales`) for ``model`` (holding the received global
+        LoRA), calibrated if needed on the client's first ``calibration_examples`` examples."""
+        data = self.fed.client_data(client)[: self.args.calibration_examples]
+        batch = collate_train(self.fed.tokenizer, data, self.fed.cfg.fed.max_length)
+        return start_scales(model, self.args.rescaler_init, self.full_top_k, top_k, batch,
+                            per_layer=self.args.rescaler_per_layer)
+
 
 class FlameServer(FlameBudgets, HeteroServer):
     """Full-rank expert LoRA everywhere; per-tier rescalers and activation-aware aggregation."""
@@ -157,24 +165,54 @@ class FlameServer(FlameBudgets, HeteroServer):
         return out
 
     @contextmanager
+    def running(self, top_k: int, rescale: Sequence[float] | None) -> Iterator[torch.nn.Module]:
+        """Within the block, the global model routing ``top_k`` experts per token through the rescaler ``rescale``
+        (None: none); the model's top-k is restored after it."""
+        model = self.eval_model()
+        with ExitStack() as stack:
+            if rescale is not None:
+                stack.enter_context(Rescaler(rescale, trainable=False).applied(model))
+            set_top_k(model, top_k)
+            stack.callback(set_top_k, model, self.full_top_k)
+            yield model
+
+    @contextmanager
     def tier_model(self, tier: int) -> Iterator[torch.nn.Module]:
         """Within the block, the global model as a client of compute ``tier`` runs it: its top-k_i experts per
         token through its tier's rescaler (what that device deploys). Raises LookupError when no client of the
         tier has trained yet (its rescaler is unknown) and ValueError with per-client rescalers (no tier model)."""
         k = self.top_k_for(tier)
-        model = self.eval_model()
-        with ExitStack() as stack:
-            if k < self.full_top_k and self.args.rescaler != "none":
-                if self.args.rescaler_scope != "tier":
-                    raise ValueError("rescaler_scope='client' keeps one rescaler per client, so a tier has no "
-                                     "single model; score clients' own models instead")
-                values = self.rescales.get(f"k{k}")
-                if values is None:
-                    raise LookupError(f"no client of tier {tier} (top-{k}) has trained yet: its rescaler is unknown")
-                stack.enter_context(Rescaler(values, trainable=False).applied(model))
-            set_top_k(model, k)
-            stack.callback(set_top_k, model, self.full_top_k)
+        values = None
+        if k < self.full_top_k and self.args.rescaler != "none":
+            if self.args.rescaler_scope != "tier":
+                raise ValueError("rescaler_scope='client' keeps one rescaler per client, so a tier has no "
+                                 "single model; score clients' own models instead")
+            values = self.rescales.get(f"k{k}")
+            if values is None:
+                raise LookupError(f"no client of tier {tier} (top-{k}) has trained yet: its rescaler is unknown")
+        with self.running(k, values) as model:
             yield model
+
+    def deployed_rescale(self, client: int) -> tuple[float, ...] | None:
+        """The rescaler ``client`` deploys with, as :meth:`FlameClient.update` builds it: none at the full top-k
+        or without rescalers, else the server's for it (its tier's or its own), or where no client of its tier
+        (or it) has trained yet, the start it would take itself (:meth:`initial_rescale`, on its own data)."""
+        k = self.budget(client).top_k
+        if k == self.full_top_k or self.args.rescaler == "none":
+            return None
+        values = self.rescale_of(client)
+        return tuple(values if values is not None else self.initial_rescale(self.eval_model(), client, k))
+
+    def deployed_models(self):
+        """Each client deploys the global LoRA at its own top-k_i through the rescaler it runs
+        (:meth:`deployed_rescale`); one group per (top-k, rescaler), so the tiers sharing a top-k and its
+        rescaler share a model. Clients at the full top-k hold the global model."""
+        groups: dict[tuple, list[int]] = {}
+        for c in range(self.fed.cfg.fed.num_clients):
+            groups.setdefault((self.budget(c).top_k, self.deployed_rescale(c)), []).append(c)
+        for (k, rescale), clients in groups.items():
+            with self.running(k, rescale) as model:
+                yield Deployed(tuple(clients), model, same_as_global=k == self.full_top_k)
 
     def state_dict(self):
         return {"global": self.global_state, "rescales": self.rescales}
@@ -191,10 +229,7 @@ class FlameClient(FlameBudgets, HeteroClient):
         """The client's first rescaler (:func:`.rescaler.start_scales`), calibrated if needed on its first
         ``calibration_examples`` examples with the received global LoRA loaded."""
         load_lora_state_dict(self.model, task.tensors)
-        data = self.fed.client_data(task.client_id)[: self.args.calibration_examples]
-        batch = collate_train(self.fed.tokenizer, data, self.fed.cfg.fed.max_length)
-        return start_scales(self.model, self.args.rescaler_init, self.full_top_k, top_k, batch,
-                            per_layer=self.args.rescaler_per_layer)
+        return self.initial_rescale(self.model, task.client_id, top_k)
 
     def update(self, task: ClientTask) -> ClientUpdate:
         k = task.plan["top_k"]

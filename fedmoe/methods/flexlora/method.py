@@ -6,14 +6,15 @@ keeps the full-size global update.
   (:func:`fedmoe.methods.hetero.lowrank.weighted_product_average`);
 - redistribute (:meth:`FlexLoRAServer.plan`): the best rank-``r_i`` factors of ``Delta W`` by truncated SVD
   (:func:`fedmoe.methods.hetero.lowrank.svd_factors`: ``B = U_r S_r``, ``A = V_r^T``);
-- the global model (:meth:`FlexLoRAServer.eval_model`) is the base with the full ``alpha / r * Delta W`` merged.
+- the global model (:meth:`FlexLoRAServer.eval_model`) is the base with the full ``alpha / r * Delta W`` merged; a
+  client deploys its rank-r_i copy (:meth:`FlexLoRAServer.deployed_models`).
 Round 1 sends the truncated initial LoRA (its product is zero, whose SVD has no direction to send).
 """
 
 from __future__ import annotations
 
 from fedmoe.fl.contract import ClientTask, ClientUpdate
-from fedmoe.methods.base import register
+from fedmoe.methods.base import Deployed, register
 from fedmoe.methods.hetero.adapters import adapted_base_weights
 from fedmoe.methods.hetero.base import HeteroArgs, HeteroServer
 from fedmoe.methods.hetero.lowrank import from_factors, svd_factors, weighted_product_average
@@ -46,6 +47,13 @@ class FlexLoRAServer(HeteroServer):
 
     def eval_model(self):
         return self.merged_model(self._base, self.delta)
+
+    def deployed_models(self):
+        """Each client deploys the rank-r_i LoRA it receives (:meth:`client_state`: the truncated SVD of the global
+        update) on the base weights, one group per rank; never the global model (its full-size update)."""
+        for rank, clients in self.rank_groups().items():
+            self.merged_model(self._base, None)  # the base weights, without the merged global update
+            yield Deployed(clients, self.adapter_model(self.padded(self.client_state(rank))), same_as_global=False)
 
     def state_dict(self):
         return {"global": self.global_state, "delta": self.delta}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedmoe.methods.flux.attention import AttentionArgs
+from fedmoe.methods.experts.attention import AttentionArgs
 from fedmoe.moe.quant import SCHEMES
 
 MERGE_BUDGETS = ("layer_aware", "uniform", "one_per_layer")

@@ -6,7 +6,7 @@ model as *fractions* of its experts. Per routed expert of ``X`` parameters, trai
 ``X * (w + 2 + 8)`` bytes (weights at ``w`` bytes per parameter, bf16 gradients, Adam's two fp32
 moments); a frozen bf16 expert costs ``2X``. Shared weights (attention, embeddings, norms, routers,
 shared experts), the activations of one batch and the attention training state (``reserved``, see
-:mod:`fedmoe.methods.flux.attention`) are always resident.
+:mod:`fedmoe.methods.experts.attention`) are always resident.
 
 Offloading (FMD, FMQ; :func:`offload_work`): experts that do not fit stay in host RAM with their training
 state and cross the host link each step; the host runs their optimizer step. FMQ keeps a bf16 master copy
@@ -26,9 +26,9 @@ import torch
 
 from fedmoe.fl.cost import DoesNotFitError
 from fedmoe.fl.devices import DeviceProfile
-from fedmoe.fl.pricing import activation_bytes, training_work
-from fedmoe.methods.flux.attention import AttentionCost
-from fedmoe.moe.memory import param_counts, weight_bytes
+from fedmoe.fl.pricing import training_work
+from fedmoe.methods.experts.attention import AttentionCost
+from fedmoe.methods.experts.priced import PricedModel
 
 TRAIN_STATE_BYTES = 2 + 8  # bf16 gradient + Adam moments (fp32 x2) per trainable parameter
 BF16 = 2
@@ -37,41 +37,6 @@ HOST_ADAM_BYTES = 2 + 2 * 2 + 2 * 8
 weight (4), read and write both fp32 moments (16). Adam does ~10 FLOPs per parameter, far below what a CPU
 does in the time these 22 bytes take, so the step is priced as memory-bound: traffic / host bandwidth."""
 NO_ATTENTION = AttentionCost(0, 0, 0)
-
-
-@dataclass(frozen=True)
-class PricedModel:
-    """Sizes of the priced architecture: MoE layers, experts per layer, parameters per expert, top-k, and
-    bytes of the always-resident shared weights at 16 and 4 bits and of one batch's activations."""
-
-    num_layers: int
-    num_experts: int
-    expert_params: int
-    top_k: int
-    shared_bytes: dict[int, int]
-    expert_bytes: dict[int, int]
-    activation_bytes: int
-
-    @property
-    def total_experts(self) -> int:
-        """Routed experts in the whole model."""
-        return self.num_layers * self.num_experts
-
-
-def priced_model(fed) -> PricedModel:
-    """:class:`PricedModel` of ``fed.priced_config`` with ``fed``'s batch (batch_size * max_length tokens)."""
-    config = fed.priced_config
-    counts = param_counts(config)
-    layers = counts.num_moe_layers
-    shared, expert = {}, {}
-    for bits in (16, 4):
-        b = {"experts": bits, "linears": bits}
-        one, two = weight_bytes(config, experts_per_layer=1, bits=b), weight_bytes(config, experts_per_layer=2, bits=b)
-        expert[bits] = (two - one) // layers
-        shared[bits] = one - layers * expert[bits]
-    act = activation_bytes(config, fed.cfg.fed.batch_size * fed.cfg.fed.max_length, fed.cfg.cost.gradient_checkpointing)
-    return PricedModel(layers, counts.experts_per_layer[0], counts.expert, int(config.num_experts_per_tok),
-                       shared, expert, act)
 
 
 def spread(total: int, parts: int) -> list[int]:

@@ -15,6 +15,7 @@ from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import ClientWork, check_fits, token_flops
 from fedmoe.fl.federation import client_seed
 from fedmoe.methods.base import register
+from fedmoe.methods.experts import attention as attn
 from fedmoe.methods.experts.base import (
     ExpertClient,
     ExpertHalf,
@@ -22,7 +23,6 @@ from fedmoe.methods.experts.base import (
     expert_tensors,
     train_experts,
 )
-from fedmoe.methods.flux import attention as attn
 from fedmoe.methods.flux.args import FluxArgs
 from fedmoe.methods.flux.assignment import Roles, eps_at, init_utilities, select_roles, utility, zo_grad_sq
 from fedmoe.methods.flux.budget import FluxBudget, expert_work, flux_budget, layer_merge_budget, tiny_count

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.methods.base import register
+from fedmoe.methods.experts import attention as attn
+from fedmoe.methods.experts.attention import AttentionArgs
 from fedmoe.methods.experts.base import ExpertClient, ExpertHalf, ExpertServer, expert_tensors, train_experts
-from fedmoe.methods.flux import attention as attn
-from fedmoe.methods.flux.attention import AttentionArgs
 from fedmoe.methods.flux.budget import expert_work, offload_resident, offload_work
 
 

@@ -12,6 +12,8 @@ from fedmoe.fl.contract import ClientTask, ClientUpdate
 from fedmoe.fl.cost import token_flops
 from fedmoe.fl.federation import client_seed
 from fedmoe.methods.base import register
+from fedmoe.methods.experts import attention as attn
+from fedmoe.methods.experts.attention import AttentionArgs
 from fedmoe.methods.experts.base import (
     ExpertClient,
     ExpertHalf,
@@ -19,8 +21,6 @@ from fedmoe.methods.experts.base import (
     expert_tensors,
     train_experts,
 )
-from fedmoe.methods.flux import attention as attn
-from fedmoe.methods.flux.attention import AttentionArgs
 from fedmoe.methods.flux.budget import expert_work, fmes_kept, tiny_count
 from fedmoe.methods.flux.profiling import example_batches, profile_subset, quantized_profile
 from fedmoe.moe.quant import SCHEMES

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from fedmoe.fl.contract import ClientTask
 from fedmoe.methods.base import register
+from fedmoe.methods.experts import attention as attn
+from fedmoe.methods.experts.attention import AttentionArgs
 from fedmoe.methods.experts.base import load_fused_state
-from fedmoe.methods.flux import attention as attn
-from fedmoe.methods.flux.attention import AttentionArgs
 from fedmoe.methods.flux_baselines.fmd import FMDClient, FMDServer
 from fedmoe.moe.quant import SCHEMES, quantize_model
 

@@ -202,6 +202,13 @@ class HeteroServer(HeteroHalf, LoRAServer):
         b = self.budget(client)
         return {"tier": b.tier, "rank": b.rank, "top_k": b.top_k}
 
+    def rank_groups(self) -> dict[int, tuple[int, ...]]:
+        """Every client grouped by its LoRA rank, ``{rank: clients}`` (in order of each rank's first client)."""
+        groups: dict[int, list[int]] = {}
+        for c in range(self.fed.cfg.fed.num_clients):
+            groups.setdefault(self.budget(c).rank, []).append(c)
+        return {rank: tuple(clients) for rank, clients in groups.items()}
+
     def mean_rank(self, updates: Sequence[ClientUpdate]) -> float:
         """Mean LoRA rank of the round's clients."""
         return sum(self.budget(u.client_id).rank for u in updates) / len(updates)

@@ -7,6 +7,7 @@ global rank-r LoRA on every expert.
   sparsity-weighted aggregation by the norm ``||B_i A_i||_F`` of each client's LoRA, per expert and module
   (:func:`fedmoe.methods.hetero.lowrank.product_norms`; ``weighting="norm"``), or by ``|D_i|``
   (``weighting="examples"``).
+What a client deploys (:meth:`HetLoRAServer.deployed_models`) is that truncation of the final global LoRA.
 The optional rank self-pruning of the paper is not implemented (see README.md).
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedmoe.fl.contract import ClientTask, ClientUpdate
-from fedmoe.methods.base import register
+from fedmoe.methods.base import Deployed, register
 from fedmoe.methods.hetero.base import HeteroArgs, HeteroClient, HeteroServer
 from fedmoe.methods.hetero.lowrank import from_factors, pad, product_norms, weighted_factor_average
 
@@ -50,6 +51,13 @@ class HetLoRAServer(HeteroServer):
         weights = product_norms(factors) if self.args.weighting == "norm" else [u.num_examples for u in updates]
         self.global_state = from_factors(pad(weighted_factor_average(factors, weights), self.args.rank))
         return {"clients": len(updates), "mean_rank": self.mean_rank(updates)}
+
+    def deployed_models(self):
+        """Each client deploys the global LoRA truncated to its rank r_i (what :meth:`plan` sends it), zero-padded
+        into the server's model; one group per rank (the full-rank group holds the global model)."""
+        for rank, clients in self.rank_groups().items():
+            state = self.padded(self.truncated(self.global_state, rank))
+            yield Deployed(clients, self.adapter_model(state), same_as_global=rank == self.args.rank)
 
 
 class HetLoRAClient(HeteroClient):
