@@ -1,6 +1,7 @@
 """Matplotlib figures from run folders: score against rounds and against simulated time, one line per run or
 one mean line per method with its 95% band over seeds; the clients that failed each round; the cost
-model's predictions against what a CUDA run measured.
+model's predictions against what a CUDA run measured; a claim mapped over a setting, its verdict shaded at each
+point.
 
 Scores are stored as fractions in [0, 1] and drawn in points (0-100), as the tables and the report print them,
 on an axis that names the runs' metric (ROUGE-L, exact match, accuracy: the metric keys their evaluated rounds
@@ -9,16 +10,18 @@ interval over few seeds can). Rounds get integer ticks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from fedmoe.data.records import METRICS
 from fedmoe.results import curve, load_config_dict, load_rounds
-from fedmoe.stats import Interval, mean_ci
+from fedmoe.stats import FAILED, LOWER_BOUND, MET, NOT_TESTABLE, UNRESOLVED, UPPER_BOUND, Interval, mean_ci
 
 X_LABELS = {"round": "round", "sim_time": "simulated time (s)", "wall_time": "wall-clock time (s)"}
 #: Axis names of the evaluation metrics (``fedmoe.data.records.METRICS``).
@@ -29,6 +32,13 @@ SCORE_KEYS = ("score", *METRICS)
 POINTS = 100.0
 SCORE_RANGE = (0.0, 100.0)
 SEED_BANDS = "mean, 95% CI over seeds"
+#: The background of a claim map's point by its verdict (:func:`plot_claim_map`); NOT TESTABLE is hatched, unfilled.
+VERDICT_SHADES = {MET: "tab:green", FAILED: "tab:red", UNRESOLVED: "tab:grey", NOT_TESTABLE: "none"}
+VERDICT_HATCH = {NOT_TESTABLE: "//"}
+#: A measurement that is only a bound is drawn as a triangle pointing where the true value lies.
+BOUND_MARKERS = {LOWER_BOUND: "^", UPPER_BOUND: "v"}
+#: A positive numeric axis whose points span this factor or more is drawn on a log scale (e.g. 100 to 10,000 Mbit/s).
+LOG_SPAN = 100.0
 
 
 def run_label(folder: str | Path) -> str:
@@ -220,6 +230,82 @@ def plot_failures(folder: str | Path, *, ax=None, title: str | None = None):
         ax.set_title(title)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def _point_spans(xs: Sequence[float], log: bool) -> list[tuple[float, float]]:
+    """Each point's stretch of the x axis (in the points' order): halfway to its neighbours, geometrically on a log
+    axis; an outer point reaches as far out as in (a single point: half a unit, or half a decade, each way)."""
+    t = np.log10(xs) if log else np.asarray(xs, dtype=float)
+    order = np.argsort(t)
+    gaps = np.diff(t[order])
+    half = np.concatenate([gaps[:1], gaps, gaps[-1:]]) / 2 if len(gaps) else np.array([0.5, 0.5])
+    spans = [(0.0, 0.0)] * len(t)
+    for rank, index in enumerate(order):
+        lo, hi = t[index] - half[rank], t[index] + half[rank + 1]
+        spans[index] = (float(10.0**lo), float(10.0**hi)) if log else (float(lo), float(hi))
+    return spans
+
+
+def plot_claim_map(rows: Sequence, ax=None, *, title: str | None = None):
+    """One claim measured at the points of a setting (``rows``: :class:`fedmoe.report.TargetRow` of one claim map,
+    each with ``axis`` / ``axis_value``; ``title``: the map's label, :func:`fedmoe.report.map_label`): x is the
+    axis, its points in the rows' order (categorical when they are strings, numeric when numbers, on a log scale
+    when positive and spanning :data:`LOG_SPAN` or more); y the measured mean with its 95% interval as an error bar
+    (none where it is undefined; a triangle where it is only a bound), in the goal's display units, beside a
+    dashed line at the goal's threshold; each point's background is shaded by its verdict (:data:`VERDICT_SHADES`),
+    the legend naming the verdicts as the report prints them (with the scale's caveat). Returns the figure."""
+    rows = list(rows)
+    axes, goals = {r.axis for r in rows}, {r.goal for r in rows}
+    if not rows or None in axes or len(axes) > 1 or len(goals) > 1:
+        raise ValueError(f"plot_claim_map draws one claim map, rows of one claim at points of one axis (got axes "
+                         f"{sorted(map(str, axes))}, {len(goals)} goals); group rows by fedmoe.report.map_label or "
+                         "use plot_claim_maps")
+    values = [r.axis_value for r in rows]
+    if len(set(values)) < len(values):
+        raise ValueError(f"claim map {title!r} has two rows at one axis point {values}; each point is measured once")
+    categorical = all(isinstance(v, str) for v in values)
+    if not categorical and not all(isinstance(v, int | float) for v in values):
+        raise ValueError(f"claim map {title!r}: axis points must be all strings or all numbers, got {values}")
+    xs = list(range(len(values))) if categorical else [float(v) for v in values]
+    log = not categorical and min(xs) > 0 and max(xs) / min(xs) >= LOG_SPAN
+    spans = _point_spans(xs, log)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.9 * len(rows)), 3.6))
+    goal = rows[0].goal
+    legend: dict[str, Patch] = {}
+    for row, x, (lo, hi) in zip(rows, xs, spans, strict=True):
+        shade = {"facecolor": VERDICT_SHADES[row.verdict], "hatch": VERDICT_HATCH.get(row.verdict),
+                 "edgecolor": "tab:grey", "alpha": 0.25, "lw": 0}
+        ax.axvspan(lo, hi, **shade, zorder=0)
+        legend.setdefault(row.labelled_verdict, Patch(**shade, label=row.labelled_verdict))
+        iv, marker = row.measured, BOUND_MARKERS.get(row.bound, "o")
+        yerr = [[(iv.mean - iv.lo) * goal.scale], [(iv.hi - iv.mean) * goal.scale]] if iv.defined else None
+        ax.errorbar([x], [iv.mean * goal.scale], yerr=yerr, fmt=marker, color="black", capsize=3, zorder=3)
+    line = ax.axhline(goal.threshold * goal.scale, color="black", ls="--", lw=1, label=f"goal {goal.text()}")
+    if log:
+        ax.set_xscale("log")
+    if categorical:
+        ax.set_xticks(xs, values)
+    ax.set_xlim(min(lo for lo, _ in spans), max(hi for _, hi in spans))
+    ax.set_xlabel(rows[0].axis)
+    ax.set_ylabel(goal.unit)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(handles=[line, *legend.values()], frameon=False, fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_claim_maps(rows: Sequence, label: Callable[[object], str]) -> dict[str, Figure]:
+    """One figure per claim map among ``rows`` (those with an axis; the rest are skipped), ``{map label: figure}``
+    in the rows' order, each drawn by :func:`plot_claim_map`. ``label`` names a row's map: pass
+    :func:`fedmoe.report.map_label` (the report sits above this module, which cannot import it)."""
+    maps: dict[str, list] = {}
+    for row in rows:
+        if row.axis is not None:
+            maps.setdefault(label(row), []).append(row)
+    return {name: plot_claim_map(group, title=name) for name, group in maps.items()}
 
 
 def _decorate(ax, x: str, y: str, ylabel: str, target: float | None, title: str | None):

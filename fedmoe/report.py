@@ -215,8 +215,9 @@ def load_sections(folder: str | Path) -> list[Section]:
                          for row in data["head_to_head"])
             sections.append(Section(data["study"], targets, rows, data.get("environment")))
         except (KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a report section written by fedmoe.report.save_section "
-                             f"({error}); regenerate it with its study's benchmark") from error
+            raise ValueError(f"{path} is not a report section written by this fedmoe.report.save_section ({error}; a "
+                             "section from before declared claims stores its goal as text): delete it and re-run its "
+                             "study (python -m fedmoe.studies --list names them)") from error
     return sorted(sections, key=lambda s: s.study)
 
 

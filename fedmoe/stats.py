@@ -320,8 +320,13 @@ class Goal:
         return f"{self.comparator} {self.threshold * scale:{'+' if signed else ''}.{self.digits}f}{suffix}"
 
     def format(self, interval: Interval) -> str:
-        """``interval`` in this goal's units."""
-        return interval.format(self.scale, self.digits)
+        """``interval`` in this goal's units, with as many more decimals (up to 3) as it takes for a bound that
+        differs from the threshold not to print as the threshold (a MET ``[0.0, 1.0]`` would read as touching 0)."""
+        digits, t = self.digits, self.threshold * self.scale
+        bounds = [b * self.scale for b in (interval.lo, interval.hi) if interval.defined and b * self.scale != t]
+        while digits < self.digits + 3 and any(round(b, digits) == round(t, digits) for b in bounds):
+            digits += 1
+        return interval.format(self.scale, digits)
 
     def judge(self, interval: Interval, bound: str = EXACT) -> str:
         """MET / FAILED / UNRESOLVED of ``interval`` (:func:`judge_target`), concluding only what a bound allows:

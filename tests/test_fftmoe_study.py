@@ -208,3 +208,16 @@ def test_long_horizon_check_runs_three_times_longer_and_judges_the_last_two_eval
     assert "last 2 evaluations" in lead.note
     assert rows[f"non-IID retention above the baseline's (fedit, {rounds} rounds)"].measured.mean == pytest.approx(0.0)
     assert len(rows) == 3 + len(st.BASELINES)
+
+
+def test_every_method_is_tuned_on_one_grid_and_none_keeps_a_hand_picked_lr():
+    """The YAML holds no method-specific lr; the chosen values reach every cell of their method (the aux ablation
+    and the K sweep are FFT-MoE), and the study's validation items are carved at every scale."""
+    for scale in ("smoke", "default"):
+        cfg = st.cell_config("fftmoe", "alpha1", scale)
+        assert "lr" not in cfg.method_args and cfg.data.n_val > 0 and cfg.fed.eval_split == "test"
+    chosen = {"fftmoe": {"fed.lr": 0.03}, "fedit": {"fed.lr": 0.01}, "hetlora": {"fed.lr": 0.003}}
+    grid = st.configs("smoke", (0,), chosen=chosen)
+    for (variant, _), runs in grid.items():
+        assert runs[0].fed.lr == chosen[st.base_method(variant)]["fed.lr"], variant
+    assert set(st.TUNING_GRID) == {"fed.lr"} and len(st.TUNING_GRID["fed.lr"]) >= 3

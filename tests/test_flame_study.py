@@ -173,3 +173,24 @@ def test_gap_anatomy_separates_the_aggregation_edge_from_heterogeneity(tmp_path,
     assert {k: v.difference.mean for k, v in gaps.items()} == pytest.approx({
         "FLAME - FedIT (homogeneous)": 0.0, "flora - FedIT (homogeneous)": 0.5,
         "FLAME - HetLoRA (homogeneous)": 0.0, "FLAME - HetLoRA (heavy-tail)": -0.25})
+
+
+def test_sampling_and_variant_grids_run_in_one_parallel_call_each(tmp_path, monkeypatch):
+    from fedmoe.studies import grid
+
+    calls = []
+
+    def fake_run_configs(configs, *, out_dir, jobs=None, progress=True):
+        calls.append(configs)
+        return [tmp_path / str(i) for i in range(len(configs))]
+
+    monkeypatch.setattr(grid, "run_configs", fake_run_configs)
+    runs = ex.run_sampling([2, 4], ["flame", "hetlora"], "uniform", out_dir=tmp_path, scale="smoke", seeds=(0, 1))
+    assert list(runs) == [("flame", 2), ("hetlora", 2), ("flame", 4), ("hetlora", 4)]
+    assert [(c.method, c.fed.clients_per_round, c.seed) for c in calls[0]] == [
+        (m, n, s) for n in (2, 4) for m in ("flame", "hetlora") for s in (0, 1)]
+    variants = ex.run_variants({r: {"rescaler": r} for r in ex.RESCALERS}, "heavy-tail", out_dir=tmp_path,
+                               scale="smoke", seeds=(0, 1))
+    assert list(variants) == list(ex.RESCALERS) and len(calls) == 2
+    assert [(c.method_args["rescaler"], c.cost.fleet, c.seed) for c in calls[1]] == [
+        (r, "heavy-tail", s) for r in ex.RESCALERS for s in (0, 1)]

@@ -14,6 +14,9 @@ from fedmoe.studies import flux as fx
 N_ITEMS = 40
 
 
+UPLOAD_BYTES = 1.25e8  # 1 Gbit: 0.1 s at the recorded 10 Gbit/s, 10 s at 100 Mbit/s
+
+
 def _run(root, method, seed, points, *, suite="gsm", profile=0.0, round_seconds=None, name=None):
     """A finished run folder by hand: the real smoke config; ``points`` are (sim_time, score) per round, round 0
     first; each training round lasts 100 s on client 0 plus the server's seconds (or ``round_seconds``),
@@ -30,11 +33,25 @@ def _run(root, method, seed, points, *, suite="gsm", profile=0.0, round_seconds=
                "item_scores": [1.0] * hits + [0.0] * (N_ITEMS - hits)}
         if r:
             rec.update(round_seconds=100.0 + server if round_seconds is None else round_seconds, client_seconds={"0": 100.0},
-                       client_log={"0": {"profile_sim_seconds": profile}}, bytes_up={"0": 10},
+                       client_log={"0": {"profile_sim_seconds": profile}}, bytes_up={"0": UPLOAD_BYTES},
+                       bytes_down={"0": 0}, overlap=0.0, wait_seconds=0.0,
+                       client_time_parts={"0": {"compute": 100.0 - 0.1, "forward": 0.0, "host_device": 0.0,
+                                                "download": 0.0, "upload": 0.1, "total": 100.0}},
                        peak_memory={"0": 1}, devices={"0": "rtx-3090-24gb"})
         records.append(rec)
     (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
+
+
+def test_runs_are_repriced_on_another_network_with_the_same_rounds_and_scores(tmp_path):
+    """Each round uploads 1 Gbit: at the recorded 10 Gbit/s nothing moves; at 100 Mbit/s every round takes
+    9.9 s longer (10 s of upload instead of 0.1 s), so time to target moves and the scores stay."""
+    run = _run(tmp_path, "flux", 0, [(0, 0.1), (100, 0.3), (200, 0.5), (300, 0.6)])
+    assert [r["sim_time"] for r in fx.timed_rounds(run, 10000.0)] == pytest.approx([0, 100, 200, 300])
+    slow = fx.timed_rounds(run, 100.0)
+    assert [r["sim_time"] for r in slow] == pytest.approx([0, 109.9, 219.8, 329.7])
+    assert [r["score"] for r in slow] == [0.1, 0.3, 0.5, 0.6]
+    assert fx.time_to_target(run, 0.5, 1000, network_mbit=100.0).value == pytest.approx(219.8)
 
 
 def test_time_to_target_reads_the_curve_up_to_the_horizon_and_censors(tmp_path):
@@ -134,10 +151,17 @@ def test_suite_result_and_targets_on_a_hand_made_grid(tmp_path):
     assert slow.kind == fx.LOWER and [r.value for r in slow.ratios] == pytest.approx([4.0, 400 / 110, 400 / 120])
     assert res.speedups["fedit-nf4"].kind == fx.EXACT and res.speedups["fedit-nf4"].interval.mean < 1
 
-    rows = {r.target.split(" (")[0]: r for r in fx.targets(folders)}
+    all_rows = fx.targets(folders)
+    rows = {r.target.split(" (")[0]: r for r in all_rows}
     assert list(rows) == ["FLUX final score within 2 points of FMD", "time-to-accuracy speedup over the best of "
                           "FMD/FMQ/FMES", "time-to-accuracy speedup over the slowest of them",
-                          "FLUX overhead <= 5% of a round"]
+                          "FLUX overhead <= 5% of a round",
+                          "time-to-accuracy speedup over the best of FMD/FMQ/FMES, by network",
+                          "time-to-accuracy speedup over the slowest of them, by network"]
+    network = [r for r in all_rows if r.axis == "network Mbit/s"]
+    assert [r.axis_value for r in network] == [*fx.NETWORK_MBIT] * 2
+    at_recorded = next(r for r in network if r.claim == "speedup-best-network" and r.axis_value == 10000.0)
+    assert at_recorded.measured == res.speedups["best"].interval  # the recorded network: nothing re-priced
     assert rows["FLUX final score within 2 points of FMD"].measured.mean == pytest.approx(-0.025)
     assert rows["time-to-accuracy speedup over the best of FMD/FMQ/FMES"].verdict == MET  # lo ~2.18 > 2
     slowest = rows["time-to-accuracy speedup over the slowest of them"]
@@ -188,7 +212,7 @@ def test_scalability_rows_pair_round_times_by_seed(tmp_path):
     assert (row.measured.lo, row.measured.hi) == pytest.approx((2.2 - half, 2.2 + half))
     assert row.verdict == MET and row.target.endswith("(10 participating clients)") and row.axis_value == 10
     runs["fmd", 10] = runs["fmd", 10][:2]
-    with pytest.raises(ValueError, match="must share seeds"):
+    with pytest.raises(ValueError, match="10 clients: flux and fmd needs the same seeds.*run the missing seeds first"):
         fx.round_time_ratios(runs)
 
 
@@ -280,7 +304,7 @@ def test_stale_profiling_effect_pairs_seeds_and_judges_both_targets(tmp_path):
     assert verdicts["stale profiling cuts round time"] == MET
     assert verdicts["stale profiling adds < 2 points of profiling error"] == MET  # 1 point on every seed
     assert verdicts["layer-aware vs uniform budget: lower merge output error"] == UNRESOLVED  # one seed
-    with pytest.raises(ValueError, match="share seeds"):
+    with pytest.raises(ValueError, match=r"same seeds on every side; got \[0, 1, 2\] and \[0, 1\]"):
         fx.stale_profiling_effect(stale, fresh[:2])
 
 
@@ -302,3 +326,18 @@ def test_budget_resolution_rounds_each_devices_priced_share_down_to_whole_expert
         assert r["tune_share_error"] == pytest.approx(r["tune"] / n / r["priced_tune_share"] - 1)
     by_size = {(r["device"], r["experts_per_layer"]): abs(r["tune_share_error"]) for r in rows}
     assert all(by_size[d, 32] <= by_size[d, 4] for d in devices)  # finer experts never round worse here
+
+
+def test_scalability_grid_runs_every_size_in_one_parallel_call(tmp_path, monkeypatch):
+    from fedmoe.studies import grid
+
+    calls = []
+
+    def fake_run_configs(configs, *, out_dir, jobs=None, progress=True):
+        calls.append([(c.method, c.fed.num_clients, c.fed.clients_per_round, c.fed.rounds, c.seed) for c in configs])
+        return [tmp_path / f"{c.method}-{c.fed.num_clients}-{c.seed}" for c in configs]
+
+    monkeypatch.setattr(grid, "run_configs", fake_run_configs)
+    runs = fx.run_scalability([4, 6], out_dir=tmp_path, scale="smoke", seeds=(0, 1), overrides={"fed.rounds": 3})
+    assert runs == {(m, n): [tmp_path / f"{m}-{n}-{s}" for s in (0, 1)] for n in (4, 6) for m in ("flux", "fmd")}
+    assert calls == [[(m, n, n, 3, s) for n in (4, 6) for m in ("flux", "fmd") for s in (0, 1)]]

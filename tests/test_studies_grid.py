@@ -8,7 +8,15 @@ import pytest
 
 from fedmoe.config import load_config
 from fedmoe.studies import grid
-from fedmoe.studies.evidence import compare, drop_from_best, late_gain, run_score, score_interval
+from fedmoe.studies.evidence import (
+    by_seed,
+    compare,
+    drop_from_best,
+    late_gain,
+    paired_by_seed,
+    run_score,
+    score_interval,
+)
 from fedmoe.studies.grid import long_horizon, run_cells, run_configs, seeds_for, with_seeds
 
 
@@ -83,6 +91,18 @@ def test_compare_refuses_unpaired_seeds(tmp_path, fake_run):
     b = [fake_run(tmp_path / "b1", 1, [[1, 0]])]
     with pytest.raises(ValueError, match="same seeds"):
         compare(a, b)
+
+
+def test_paired_by_seed_matches_runs_given_in_any_order_and_refuses_unmatched_or_repeated_seeds(tmp_path, fake_run):
+    a = [fake_run(tmp_path / f"a{s}", s, [[1]]) for s in (2, 0, 1)]
+    b = [fake_run(tmp_path / f"b{s}", s, [[0]]) for s in (1, 2, 0)]
+    assert paired_by_seed(a, b) == [(s, tmp_path / f"a{s}", tmp_path / f"b{s}") for s in (0, 1, 2)]
+    assert list(by_seed(a)) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"lead: needs the same seeds on every side; got \[0, 1, 2\] and \[1, 2\]: "
+                                          "run the missing seeds first"):
+        paired_by_seed(a, b[:2], what="lead:")
+    with pytest.raises(ValueError, match="both runs of seed 0; give each seed's run once"):
+        paired_by_seed(a + a[1:2], b)
 
 
 def test_drop_from_best_pairs_the_final_round_with_each_seeds_peak(tmp_path, fake_run):

@@ -1,14 +1,15 @@
 """From run folders to claims with intervals: a method's score over seeds, and two methods compared paired.
 
 A study runs every method on the same seeds (and, through ``data_seed``, the same data and test items), so
-a comparison pairs run folders by seed and test items by position. A run's score is the mean of its last
-``last`` evaluations (curves that still move are not judged on one noisy point); per-item scores are
-averaged over the same evaluations. The statistics themselves live in :mod:`fedmoe.stats`.
+a comparison pairs run folders by seed (:func:`paired_by_seed`, the one pairing every study uses) and test
+items by position. A run's score is the mean of its last ``last`` evaluations (curves that still move are not
+judged on one noisy point); per-item scores are averaged over the same evaluations. The statistics themselves
+live in :mod:`fedmoe.stats`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,28 @@ def seed_of(folder: str | Path) -> int:
     return int(load_config_dict(folder)["seed"])
 
 
+def by_seed(folders: Sequence[str | Path]) -> dict[int, Path]:
+    """Run folders keyed by their seed, in seed order. A seed given twice is a ValueError: its runs are one run,
+    and an interval counting it twice would claim a spread it never measured."""
+    out: dict[int, Path] = {}
+    for folder in folders:
+        seed = seed_of(folder)
+        if seed in out:
+            raise ValueError(f"{out[seed]} and {folder} are both runs of seed {seed}; give each seed's run once")
+        out[seed] = Path(folder)
+    return dict(sorted(out.items()))
+
+
+def paired_by_seed(*sides: Sequence[str | Path], what: str = "pairing runs by seed") -> list[tuple]:
+    """Several sides' runs (methods, settings) paired by seed: ``[(seed, side 0's run, side 1's run, ...)]`` in
+    seed order. Sides with different seeds are a ValueError (``what`` names the pairing in it)."""
+    keyed = [by_seed(side) for side in sides]
+    if any(set(k) != set(keyed[0]) for k in keyed):
+        raise ValueError(f"{what} needs the same seeds on every side; got "
+                         f"{' and '.join(str(list(k)) for k in keyed)}: run the missing seeds first")
+    return [(seed, *(k[seed] for k in keyed)) for seed in keyed[0]] if keyed else []
+
+
 def scale_of(folders: Sequence[str | Path] | Mapping[object, Sequence[str | Path]]) -> str | None:
     """The kit scale (:data:`fedmoe.config.SCALES`) the run folders were made at, for a report row's
     ``run_scale`` (:class:`fedmoe.report.TargetRow`): ``folders`` is a sequence of run folders or a study's grid
@@ -89,20 +112,26 @@ def compare(folders_a: Sequence[str | Path], folders_b: Sequence[str | Path], la
         raise ValueError(f"compare scores models under the global or deployed protocol, got {protocol!r}")
     if protocol == DEPLOYED and last != 1:
         raise ValueError("the deployed protocol scores each run's final round only; use last=1")
-    by_seed_a = {seed_of(f): f for f in folders_a}
-    by_seed_b = {seed_of(f): f for f in folders_b}
-    if set(by_seed_a) != set(by_seed_b):
-        raise ValueError(f"paired comparison needs the same seeds on both sides; got {sorted(by_seed_a)} "
-                         f"and {sorted(by_seed_b)}: run the missing seeds first")
-    seeds = sorted(by_seed_a)
-
     def items(folder: str | Path) -> np.ndarray:
         return deployed_item_scores(folder) if protocol == DEPLOYED else item_scores(folder, last)
 
-    a = np.stack([items(by_seed_a[s]) for s in seeds])
-    b = np.stack([items(by_seed_b[s]) for s in seeds])
-    diff = paired_difference(a, b, seed=seed)
+    pairs = paired_by_seed(folders_a, folders_b, what="paired comparison")
+    diff = paired_difference(np.stack([items(a) for _, a, _ in pairs]), np.stack([items(b) for _, _, b in pairs]),
+                             seed=seed)
     return Comparison(diff, verdict(diff), scale_of([*folders_a, *folders_b]))
+
+
+def _final_minus(folders: Sequence[str | Path], pick: Callable[[str | Path, list[dict]], int],
+                 seed: int) -> Interval:
+    """Each run's final per-item scores minus those of the evaluated round ``pick(folder, rounds)`` indexes,
+    paired over seeds and test items (score units)."""
+    finals, others = [], []
+    for folder in by_seed(folders).values():
+        rows = _evaluated(folder)
+        items = _item_rows(folder, rows)
+        finals.append(items[-1])
+        others.append(items[pick(folder, rows)])
+    return paired_difference(np.stack(finals), np.stack(others), seed=seed)
 
 
 def drop_from_best(folders: Sequence[str | Path], seed: int = 0) -> Interval:
@@ -112,13 +141,7 @@ def drop_from_best(folders: Sequence[str | Path], seed: int = 0) -> Interval:
     fell, giving 0 for that seed). The interval says whether the runs ended measurably below a peak they had
     reached: an interval wholly below the tolerance a study sets is a collapse, one that contains 0 is not.
     """
-    finals, bests = [], []
-    for folder in sorted(folders, key=seed_of):
-        rows = _evaluated(folder)
-        items = _item_rows(folder, rows)
-        finals.append(items[-1])
-        bests.append(items[int(np.argmax([r["score"] for r in rows]))])
-    return paired_difference(np.stack(finals), np.stack(bests), seed=seed)
+    return _final_minus(folders, lambda _, rows: int(np.argmax([r["score"] for r in rows])), seed)
 
 
 def late_gain(folders: Sequence[str | Path], fraction: float = 2 / 3, seed: int = 0) -> Interval:
@@ -130,18 +153,15 @@ def late_gain(folders: Sequence[str | Path], fraction: float = 2 / 3, seed: int 
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"late_gain fraction must lie in (0, 1), e.g. 2/3; got {fraction}")
-    finals, earlier = [], []
-    for folder in sorted(folders, key=seed_of):
-        rows = _evaluated(folder)
-        cut = fraction * rows[-1]["round"]
-        at = next(i for i, r in enumerate(rows) if r["round"] >= cut)
+
+    def at_fraction(folder: str | Path, rows: list[dict]) -> int:
+        at = next(i for i, r in enumerate(rows) if r["round"] >= fraction * rows[-1]["round"])
         if at == len(rows) - 1:
             raise ValueError(f"{folder}: no evaluation between {fraction:.0%} of the horizon and its end "
                              f"(evaluated rounds {[r['round'] for r in rows]}); evaluate more often (fed.eval_every)")
-        items = _item_rows(folder, rows)
-        finals.append(items[-1])
-        earlier.append(items[at])
-    return paired_difference(np.stack(finals), np.stack(earlier), seed=seed)
+        return at
+
+    return _final_minus(folders, at_fraction, seed)
 
 
 def best_by_mean(groups: dict[str, Sequence[str | Path]], last: int = 1, protocol: str = GLOBAL) -> str:

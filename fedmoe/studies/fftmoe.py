@@ -2,7 +2,7 @@
 seeds, with its auxiliary-loss ablation and its top-K heterogeneity sweep.
 
 Shared by ``notebooks/fftmoe`` and ``python -m fedmoe.studies fftmoe``. The grid is one dict of *cells*
-``(variant, split) -> [run config per seed]``, run with one :func:`~fedmoe.studies.grid.run_configs` call:
+``(variant, split) -> [run config per seed]``, run with one :func:`~fedmoe.studies.grid.run_cells` call:
 
 - every method of :data:`METHODS` on every split of :data:`SPLITS` (IID, Dirichlet alpha 10 / 1 / 0.3 / 0.1,
   pathological);
@@ -42,14 +42,15 @@ from fedmoe.studies.evidence import (
     best_by_mean,
     compare,
     head_to_head_row,
+    paired_by_seed,
     run_score,
     scale_of,
     score_interval,
-    seed_of,
 )
-from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, run_configs, with_seeds
+from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, with_seeds
 from fedmoe.studies.registry import Outcome
 from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
+from fedmoe.studies.tuning import TuningResult, tune
 
 CONFIG = Path(fedmoe.__file__).resolve().parents[1] / "reproduce" / "configs" / "fftmoe.yaml"
 COMMAND = "python -m fedmoe.studies fftmoe  (or notebooks/fftmoe/01_noniid.ipynb)"
@@ -81,6 +82,11 @@ AUX_SPLITS = ("iid", "alpha0.1")
 LONG_SPLITS = (IID_SPLIT, *LEAD_SPLITS)
 K_SPLIT = "alpha1"
 K_VALUES = (1, 2, 4)
+#: The one tuned setting, declared before any run: every method gets the same learning-rate grid, chosen by its
+#: validation score on the head-to-head split (data.n_val items carved from the training data, per scale in the
+#: YAML), on TUNING_SEEDS (the first run seed: tuning costs 9 runs, not 27).
+TUNING_GRID = {"fed.lr": (3e-3, 1e-2, 3e-2)}
+TUNING_SEEDS = (0,)
 #: The split whose runs stand for the study in the report's head-to-head table.
 HEAD_TO_HEAD_SPLIT = "alpha1"
 NO_AUX = "fftmoe-noaux"
@@ -189,11 +195,19 @@ def _base(scale: str, overrides: dict[str, Any] | None = None) -> RunConfig:
     return load_config(CONFIG, {**(overrides or {}), "method": METHOD}, scale=scale)
 
 
-def cell_config(variant: str, split: str, scale: str, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """The run config of one grid cell (seed 0; :func:`~fedmoe.studies.grid.with_seeds` sets the seed)."""
+def base_method(variant: str) -> str:
+    """The method a grid variant runs (the aux ablation and the K sweep are FFT-MoE)."""
+    return variant if variant in METHODS else METHOD
+
+
+def cell_config(variant: str, split: str, scale: str, overrides: dict[str, Any] | None = None,
+                chosen: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """The run config of one grid cell (seed 0; :func:`~fedmoe.studies.grid.with_seeds` sets the seed), with
+    its method's tuned values (``chosen``: :attr:`~fedmoe.studies.tuning.TuningResult.chosen`; None: untuned)."""
     if split not in SPLITS:
         raise KeyError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
-    cfg = _base(scale, {**(overrides or {}), **SPLITS[split], "name": f"fftmoe-{split}"})
+    tuned = (chosen or {}).get(base_method(variant), {})
+    cfg = _base(scale, {**(overrides or {}), **SPLITS[split], **tuned, "name": f"fftmoe-{split}"})
     if variant in BASELINES:
         return validate(replace(cfg, method=variant, method_args=dict(BASELINE_ARGS[variant])))
     args = fftmoe_args(cfg)
@@ -214,31 +228,58 @@ def cells() -> list[Cell]:
     return out
 
 
-def configs(scale: str, seeds: Sequence[int], overrides: dict[str, Any] | None = None
-            ) -> dict[Cell, list[RunConfig]]:
-    """``{(variant, split): [config per seed]}`` of the whole study at ``scale``."""
-    return {cell: with_seeds([cell_config(*cell, scale, overrides)], seeds) for cell in cells()}
+def configs(scale: str, seeds: Sequence[int], overrides: dict[str, Any] | None = None,
+            chosen: dict[str, dict[str, Any]] | None = None) -> dict[Cell, list[RunConfig]]:
+    """``{(variant, split): [config per seed]}`` of the whole study at ``scale`` (``chosen``: the tuned values)."""
+    return {cell: with_seeds([cell_config(*cell, scale, overrides, chosen)], seeds) for cell in cells()}
+
+
+def tuning(scale: str, *, out_dir: str | Path, overrides: dict[str, Any] | None = None, jobs: int | None = None,
+           progress: bool = True) -> TuningResult:
+    """Every method tuned on :data:`TUNING_GRID` (the same values for all, declared before any run) on the
+    head-to-head split's validation items (``data.n_val``, carved from the training data; the test items are never
+    read), over :data:`TUNING_SEEDS`; finished tuning runs are reused."""
+    cfgs = {m: cell_config(m, HEAD_TO_HEAD_SPLIT, scale, overrides) for m in METHODS}
+    return tune(cfgs, TUNING_GRID, out_dir=out_dir, seeds=TUNING_SEEDS, jobs=jobs, progress=progress)
+
+
+def tuning_table(result: TuningResult) -> str:
+    """The tuning runs as printable lines: every method's validation score at every grid point, its choice
+    starred."""
+    return "\n".join(f"{r['method']:<8} " + " ".join(f"{k}={r[k]:g}" for k in TUNING_GRID)
+                     + f"  val {100 * r['val_score']:.1f}" + ("  *" if r["chosen"] else "") for r in result.table())
+
+
+def lr_note(folders: dict[Cell, list[Path]], split: str) -> str:
+    """Each method's learning rate on ``split``, read from its runs (the tuned values), for a row's note."""
+    return "lr " + ", ".join(f"{m} {load_config_dict(runs[0])['fed']['lr']:g}"
+                             for m, runs in by_method(folders, split).items())
 
 
 def run_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, overrides: dict[str, Any] | None = None,
               jobs: int | None = None, progress: bool = True) -> dict[Cell, list[Path]]:
-    """Run (or reuse) the whole grid in one parallel call; ``{(variant, split): [run folder per seed]}``."""
-    return run_cells(configs(scale, seeds, overrides), out_dir=out_dir, jobs=jobs, progress=progress)
+    """Tune (:func:`tuning`), then run (or reuse) the whole grid at the chosen values in one parallel call;
+    ``{(variant, split): [run folder per seed]}``."""
+    chosen = tuning(scale, out_dir=out_dir, overrides=overrides, jobs=jobs, progress=progress).chosen
+    return run_cells(configs(scale, seeds, overrides, chosen), out_dir=out_dir, jobs=jobs, progress=progress)
 
 
-def long_configs(scale: str, seeds: Sequence[int], overrides: dict[str, Any] | None = None
-                 ) -> dict[Cell, list[RunConfig]]:
+def long_configs(scale: str, seeds: Sequence[int], overrides: dict[str, Any] | None = None,
+                 chosen: dict[str, dict[str, Any]] | None = None) -> dict[Cell, list[RunConfig]]:
     """The long-horizon check: every method of :data:`METHODS` on :data:`LONG_SPLITS` for
-    :data:`~fedmoe.studies.grid.LONG_FACTOR` times the scale's rounds (run folders ``fftmoe-long-<split>-...``)."""
+    :data:`~fedmoe.studies.grid.LONG_FACTOR` times the scale's rounds (run folders ``fftmoe-long-<split>-...``),
+    at the tuned values ``chosen``."""
     over = {**(overrides or {}), **long_horizon(_base(scale, overrides))}
-    return {(m, s): with_seeds([replace(cell_config(m, s, scale, over), name=f"fftmoe-long-{s}")], seeds)
+    return {(m, s): with_seeds([replace(cell_config(m, s, scale, over, chosen), name=f"fftmoe-long-{s}")], seeds)
             for s in LONG_SPLITS for m in METHODS}
 
 
 def run_long(scale: str, seeds: Sequence[int], *, out_dir: str | Path, overrides: dict[str, Any] | None = None,
              jobs: int | None = None, progress: bool = True) -> dict[Cell, list[Path]]:
-    """Run (or reuse) the long-horizon check; ``{(method, split): [run folder per seed]}``."""
-    return run_cells(long_configs(scale, seeds, overrides), out_dir=out_dir, jobs=jobs, progress=progress)
+    """Tune (the study's own tuning runs, reused), then run (or reuse) the long-horizon check at the chosen values;
+    ``{(method, split): [run folder per seed]}``."""
+    chosen = tuning(scale, out_dir=out_dir, overrides=overrides, jobs=jobs, progress=progress).chosen
+    return run_cells(long_configs(scale, seeds, overrides, chosen), out_dir=out_dir, jobs=jobs, progress=progress)
 
 
 def by_method(folders: dict[Cell, list[Path]], split: str) -> dict[str, list[Path]]:
@@ -264,19 +305,11 @@ def versus_best_baseline(folders: dict[Cell, list[Path]], split: str, last: int 
     return best, compare(runs[METHOD], runs[best], last)
 
 
-def _paired_by_seed(a: Sequence[Path], b: Sequence[Path]) -> list[tuple[Path, Path]]:
-    by_a, by_b = {seed_of(f): f for f in a}, {seed_of(f): f for f in b}
-    if set(by_a) != set(by_b):
-        raise ValueError(f"pairing by seed needs the same seeds on both sides; got {sorted(by_a)} and "
-                         f"{sorted(by_b)}: run the missing seeds first")
-    return [(by_a[s], by_b[s]) for s in sorted(by_a)]
-
-
 def retention_per_seed(noniid: Sequence[Path], iid: Sequence[Path], last: int = 1) -> list[float]:
     """Score at the non-IID split / score IID, for each seed (the two runs of a seed paired; each scored over its
     last ``last`` evaluations); nan for a seed whose IID run scores 0 (its retention is undefined)."""
     ratios = []
-    for hard, easy in _paired_by_seed(noniid, iid):
+    for _, hard, easy in paired_by_seed(noniid, iid, what="retention"):
         base = run_score(easy, last)
         ratios.append(run_score(hard, last) / base if base > 0 else math.nan)
     return ratios
@@ -315,7 +348,7 @@ def run_load_cv(folder: str | Path) -> float:
 
 def cv_reduction_per_seed(aux_off: Sequence[Path], aux_on: Sequence[Path]) -> list[float]:
     """Load CV without the auxiliary loss minus with it, per seed (positive: the loss balances the experts)."""
-    return [run_load_cv(off) - run_load_cv(on) for off, on in _paired_by_seed(aux_off, aux_on)]
+    return [run_load_cv(off) - run_load_cv(on) for _, off, on in paired_by_seed(aux_off, aux_on, what="the load CV")]
 
 
 def aux_cv_reduction(folders: dict[Cell, list[Path]], splits: Sequence[str] = AUX_SPLITS) -> Interval:
@@ -410,7 +443,8 @@ def _score_targets(folders: dict[Cell, list[Path]], splits: Sequence[str], last:
         claim = _CLAIM["lead-noniid" if split in LEAD_SPLITS else "match"]
         rows.append(claim.row(comparison.difference, **common, axis_value=split,
                               where=", ".join(t for t in (split, horizon) if t),
-                              note="; ".join(t for t in (f"best baseline {best}", scored) if t)))
+                              note="; ".join(t for t in (f"best baseline {best}", lr_note(folders, split), scored)
+                                             if t)))
     for baseline in BASELINES:
         rows.append(_CLAIM["retention"].row(retention_lead(folders, baseline, last), **common,
                                             where=", ".join(t for t in (baseline, horizon) if t),
@@ -465,10 +499,11 @@ def attention_control(scale: str, seeds: Sequence[int], *, out_dir: str | Path, 
     "fedit_no_attention_minus_fftmoe": ...}``, paired over seeds and test items. A large attention gain with FedIT
     without attention near FFT-MoE means a gap to FedIT is the suite's, not the adapters'; the second difference
     compares the two ways of adapting the feed-forward side."""
-    base = cell_config("fedit", HEAD_TO_HEAD_SPLIT, scale, overrides)
+    base = from_dict(load_config_dict(by_method(folders, HEAD_TO_HEAD_SPLIT)["fedit"][0]))  # at its tuned values
     no_attention = replace(base, method_args={**base.method_args, "attention": False},
                            name=f"fftmoe-{HEAD_TO_HEAD_SPLIT}-noattention")
-    control = run_configs(with_seeds([no_attention], seeds), out_dir=out_dir, jobs=jobs, progress=progress)
+    control = run_cells({"control": with_seeds([no_attention], seeds)}, out_dir=out_dir, jobs=jobs,
+                        progress=progress)["control"]
     methods = by_method(folders, HEAD_TO_HEAD_SPLIT)
     return {"fedit_attention_gain": compare(methods["fedit"], control),
             "fedit_no_attention_minus_fftmoe": compare(control, methods[METHOD])}
@@ -495,11 +530,13 @@ def _table(folders: dict[Cell, list[Path]], seeds: Sequence[int], splits: Sequen
 def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
           progress: bool = True) -> Outcome:
     """The split study (report section ``fftmoe``) with the attention control beside it."""
+    tuned = tuning(scale, out_dir=out_dir, jobs=jobs, progress=progress)
     folders = run_study(scale, seeds, out_dir=out_dir, jobs=jobs, progress=progress)
     control = attention_control(scale, seeds, out_dir=out_dir, folders=folders, jobs=jobs, progress=progress)
     lines = "\n".join(f"{name} {c.difference.format()} points ({c.verdict})" for name, c in control.items())
     return Outcome("fftmoe", targets(folders, jobs=jobs, progress=progress), head_to_head(folders),
-                   [_table(folders, seeds), f"Attention control ({HEAD_TO_HEAD_SPLIT}, paired)\n{lines}"])
+                   [f"Tuning on the validation split ({HEAD_TO_HEAD_SPLIT}; * chosen)\n{tuning_table(tuned)}",
+                    _table(folders, seeds), f"Attention control ({HEAD_TO_HEAD_SPLIT}, paired)\n{lines}"])
 
 
 def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,

@@ -29,15 +29,16 @@ from fedmoe.studies.deployed import score_deployed
 from fedmoe.studies.evidence import (
     Comparison,
     best_by_mean,
+    by_seed,
     compare,
     drop_from_best,
     head_to_head_row,
     item_scores,
+    paired_by_seed,
     scale_of,
     score_interval,
-    seed_of,
 )
-from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, run_configs
+from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, with_seeds
 from fedmoe.studies.registry import Outcome
 from fedmoe.studies.reload import cached_json, compute_all, evaluate_on, final_server
 
@@ -121,19 +122,34 @@ def run_grid(methods: Iterable[str], settings: Iterable[str], *, out_dir: str | 
              method_args: dict[str, Any] | None = None, jobs: int | None = None,
              progress: bool = False) -> dict[tuple[str, str], list[Path]]:
     """Run (or reuse finished runs of) every method in every setting over ``seeds``, in parallel;
-    ``{(method, setting): [run folder per seed]}``."""
-    keys, configs = [], []
-    for setting in settings:
-        for method in methods:
-            args = method_args if method == "flame" else None
-            for seed in seeds:
-                keys.append((method, setting))
-                configs.append(make_config(method, setting, scale=scale, seed=seed, overrides=overrides,
-                                           method_args=args))
-    folders: dict[tuple[str, str], list[Path]] = {}
-    for key, folder in zip(keys, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True):
-        folders.setdefault(key, []).append(folder)
-    return folders
+    ``{(method, setting): [run folder per seed]}`` (``method_args`` applies to FLAME only)."""
+    methods = list(methods)
+    cells = {(m, s): with_seeds([make_config(m, s, scale=scale, overrides=overrides,
+                                             method_args=method_args if m == "flame" else None)], seeds)
+             for s in settings for m in methods}
+    return run_cells(cells, out_dir=out_dir, jobs=jobs, progress=progress)
+
+
+def run_variants(variants: dict[Any, dict[str, Any]], setting: str, *, out_dir: str | Path, scale: str = "default",
+                 seeds: Sequence[int] = (0,), overrides: dict[str, Any] | None = None, jobs: int | None = None,
+                 progress: bool = False) -> dict[Any, list[Path]]:
+    """Run (or reuse) FLAME in ``setting`` with each variant's ``method_args`` (a rescaler, a temperature ...) over
+    ``seeds`` in one parallel grid; ``{variant: [run folder per seed]}``."""
+    cells = {name: with_seeds([make_config("flame", setting, scale=scale, overrides=overrides, method_args=args)],
+                              seeds) for name, args in variants.items()}
+    return run_cells(cells, out_dir=out_dir, jobs=jobs, progress=progress)
+
+
+def run_sampling(sizes: Iterable[int], methods: Iterable[str], setting: str, *, out_dir: str | Path,
+                 scale: str = "default", seeds: Sequence[int] = (0,), overrides: dict[str, Any] | None = None,
+                 jobs: int | None = None, progress: bool = False) -> dict[tuple[str, int], list[Path]]:
+    """Run (or reuse) every method in ``setting`` with ``n`` clients sampled per round, for each ``n`` in ``sizes``
+    (:func:`sampling_sizes`), in one parallel grid; ``{(method, n): [run folder per seed]}``."""
+    methods = list(methods)
+    cells = {(m, n): with_seeds([make_config(m, setting, scale=scale,
+                                             overrides={**(overrides or {}), "fed.clients_per_round": n})], seeds)
+             for n in sizes for m in methods}
+    return run_cells(cells, out_dir=out_dir, jobs=jobs, progress=progress)
 
 
 def rank_precondition(*, out_dir: str | Path, scale: str = "default", seeds: Sequence[int] = (0,),
@@ -149,12 +165,10 @@ def rank_precondition(*, out_dir: str | Path, scale: str = "default", seeds: Seq
     full_rank = int(base.method_args["rank"])
     weak_rank = ladder(full_rank, max(setting_tiers(weak_cfg, weak_cfg.method_args)))
     alpha = float(base.method_args["alpha"]) * weak_rank / full_rank
-    configs = []
-    for args in ({}, {"rank": weak_rank, "alpha": alpha}):
-        configs += [make_config("fedit", "homogeneous", scale=scale, seed=s, overrides=overrides,
-                                method_args=args or None) for s in seeds]
-    done = run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress)
-    runs = {"full": done[:len(seeds)], "weakest": done[len(seeds):]}
+    weakest = make_config("fedit", "homogeneous", scale=scale, overrides=overrides,
+                          method_args={"rank": weak_rank, "alpha": alpha})
+    runs = run_cells({"full": with_seeds([base], seeds), "weakest": with_seeds([weakest], seeds)}, out_dir=out_dir,
+                     jobs=jobs, progress=progress)
     return compare(runs["full"], runs["weakest"]), runs
 
 
@@ -170,9 +184,9 @@ def projection_runs(setting: str = "heavy-tail", *, out_dir: str | Path, scale: 
     cfg = make_config("flame", setting, scale=scale, overrides=overrides)
     overrides = {**(overrides or {}), "cost.mode": "projection", "cost.projection": arch, "cost.base_bits": 4,
                  "fed.rounds": 2, "data.n_test": 16, "fed.clients_per_round": cfg.fed.num_clients}
-    methods = list(methods)
-    configs = [make_config(m, setting, scale=scale, overrides=overrides) for m in methods]
-    return dict(zip(methods, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True))
+    runs = run_cells({m: [make_config(m, setting, scale=scale, overrides=overrides)] for m in methods},
+                     out_dir=out_dir, jobs=jobs, progress=progress)
+    return {m: folders[0] for m, folders in runs.items()}
 
 
 def tier_costs(runs: dict[str, str | Path]) -> list[dict[str, Any]]:
@@ -259,13 +273,9 @@ def lead_growth(folders: dict[tuple[str, str], list[Path]], low: str = "homogene
                 last: int = 1) -> Comparison:
     """How much FLAME's lead over the best baseline grows from setting ``low`` to ``high``: the paired difference
     of the per-item lead (same seeds, same test items in both settings)."""
-    def per_item(setting: str):
-        best = best_baseline(folders, setting, last)
-        a = np.stack([item_scores(f, last) for f in sorted(folders["flame", setting], key=seed_of)])
-        b = np.stack([item_scores(f, last) for f in sorted(folders[best, setting], key=seed_of)])
-        return a - b
-
-    diff = paired_difference(per_item(high), per_item(low))
+    sides = [folders[m, s] for s in (high, low) for m in ("flame", best_baseline(folders, s, last))]
+    items = np.array([[item_scores(f, last) for f in runs] for _, *runs in paired_by_seed(*sides, what="lead growth")])
+    diff = paired_difference(items[:, 0] - items[:, 1], items[:, 2] - items[:, 3])  # [seed, item] leads, high vs low
     return Comparison(diff, verdict(diff), scale_of({s: folders["flame", s] for s in (low, high)}))
 
 
@@ -429,7 +439,7 @@ def _tier_items(runs: Sequence[Path], jobs: int | None = None, progress: bool = 
     keyed ``"tier 1 (top-2)"``; tiers that did not train in every seed's run are left out (``progress``: a bar
     over the runs still to score)."""
     compute_all(tier_scores, runs, TIER_SCORES_FILE, jobs, progress)
-    per_run = [tier_scores(f)["tiers"] for f in sorted(runs, key=seed_of)]
+    per_run = [tier_scores(f)["tiers"] for f in by_seed(runs).values()]
     return {f"tier {tier} (top-{per_run[0][tier]['top_k']})": np.array([t[tier]["item_scores"] for t in per_run])
             for tier in sorted(set.intersection(*(set(t) for t in per_run)), key=int)}
 
@@ -439,7 +449,7 @@ def tier_table(runs: Sequence[Path], jobs: int | None = None, progress: bool = F
     each tier model minus the global model paired over seeds and items (``"tier 1 (top-2) - global"``). Tiers
     that did not train in every seed's run are left out; runs not yet scored are scored in ``jobs`` processes
     (``progress``: a bar over them)."""
-    runs = sorted(runs, key=seed_of)
+    runs = list(by_seed(runs).values())
     table = {"global": score_interval(runs)}
     for name, items in _tier_items(runs, jobs, progress).items():
         table[name] = mean_ci(items.mean(axis=1).tolist())
@@ -458,13 +468,9 @@ def deployed_targets(flame_runs: Sequence[Path], baseline_runs: Sequence[Path], 
     that tier's clients trained, a train/deploy top-k mismatch rather than a failed aggregation), and the tier's
     model minus ``baseline``'s global model (what is left of the gap once each tier runs its own top-k).
     ``progress``: a bar over the FLAME runs whose tier models are still to score."""
-    flame_runs = sorted(flame_runs, key=seed_of)
-    baseline_runs = sorted(baseline_runs, key=seed_of)
-    if [seed_of(f) for f in flame_runs] != [seed_of(f) for f in baseline_runs]:
-        raise ValueError(f"deployed_targets pairs FLAME with {baseline} on the same seeds; got "
-                         f"{[seed_of(f) for f in flame_runs]} and {[seed_of(f) for f in baseline_runs]}: "
-                         "run the missing seeds first")
-    references = {"FLAME's global model (full top-k)": flame_runs, f"{baseline}'s global model": baseline_runs}
+    pairs = paired_by_seed(flame_runs, baseline_runs, what=f"deployed_targets pairing FLAME with {baseline}")
+    flame_runs = [f for _, f, _ in pairs]
+    references = {"FLAME's global model (full top-k)": flame_runs, f"{baseline}'s global model": [b for *_, b in pairs]}
     rows, scale = [], scale_of(references)
     for name, items in _tier_items(flame_runs, jobs, progress).items():
         if name.startswith("tier 0 "):  # tier 0 runs the full top-k: its model is the global model

@@ -55,8 +55,8 @@ from fedmoe.report import GLOBAL, MECHANISM, HeadToHeadRow, TargetRow
 from fedmoe.results import curve, load_config_dict, load_rounds
 from fedmoe.stats import BOUNDS, EXACT, LOWER_BOUND, UNKNOWN_BOUND, UPPER_BOUND, Goal, Interval, mean_ci
 from fedmoe.studies.claims import OURS, Claim, claims_by_key
-from fedmoe.studies.evidence import compare, head_to_head_row, scale_of, score_interval, seed_of
-from fedmoe.studies.grid import run_configs
+from fedmoe.studies.evidence import compare, head_to_head_row, paired_by_seed, scale_of, score_interval
+from fedmoe.studies.grid import run_cells, with_seeds
 from fedmoe.studies.registry import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,9 @@ SUITES = ("dolly", "gsm", "mmlu")
 HEADLINE_SUITE = "gsm"
 #: Share of FMD's improvement over the base score that sets the time-to-accuracy target.
 TARGET_FRACTION = 0.9
+#: The network rates the time-to-accuracy claims are mapped over (Mbit/s both ways, every client): a home
+#: uplink-class link, a gigabit LAN and the study's recorded 10 Gbit/s data-centre link (``fedmoe.fl.devices.DC_NET``).
+NETWORK_MBIT = (100.0, 1000.0, 10000.0)
 _TTA = ("time to the target score: the first simulated second at which a run's global model scores at least base + "
         f"{TARGET_FRACTION:.0%} of FMD's gain (per seed, at an equal horizon), geometric mean over seeds")
 #: FLUX's claims, declared before any run (sources: the abstract and the paper's ablations as summarised in
@@ -85,6 +88,14 @@ CLAIMS = (
     Claim("speedup-slowest", "FLUX", "time-to-accuracy speedup over the slowest of them", "abstract (up to 4.75x)",
           _TTA, "the slowest baseline's time over FLUX's, per seed", Goal(">", 4.75, "ratio", 2), GLOBAL,
           axis="suite"),
+    Claim("speedup-best-network", "FLUX", "time-to-accuracy speedup over the best of FMD/FMQ/FMES, by network",
+          "abstract (consumer-grade devices; the paper's network is not stated)", _TTA + "; every run re-priced at "
+          "the network rate, same rounds and scores", "the fastest baseline's time over FLUX's, per seed",
+          Goal(">", 2.0, "ratio", 2), GLOBAL, axis="network Mbit/s"),
+    Claim("speedup-slowest-network", "FLUX", "time-to-accuracy speedup over the slowest of them, by network",
+          "abstract (up to 4.75x)", _TTA + "; every run re-priced at the network rate, same rounds and scores",
+          "the slowest baseline's time over FLUX's, per seed", Goal(">", 4.75, "ratio", 2), GLOBAL,
+          axis="network Mbit/s"),
     Claim("overhead", "FLUX", "FLUX overhead <= 5% of a round", "ours (the paper reports small overheads)",
           "profiling time not hidden by stale profiling, share of the round", "FLUX runs alone",
           Goal("<", 0.05, "percent", 2), MECHANISM, axis="suite"),
@@ -137,18 +148,13 @@ def run_grid(methods: Iterable[str] = METHODS, suites: Iterable[str] = SUITES, *
     """Run (or reuse) every method on every suite over ``seeds`` in one parallel grid;
     ``{(method, suite): [run folder per seed]}``. ``suite_overrides`` adds per-suite keys (e.g. ``data.source``);
     ``method_args`` applies to FLUX only."""
-    keys, configs = [], []
-    for suite in suites:
+    def config(method: str, suite: str):
         over = {**(overrides or {}), **(suite_overrides or {}).get(suite, {})}
-        for method in methods:
-            for seed in seeds:
-                keys.append((method, suite))
-                configs.append(flux_config(method, suite, scale=scale, seed=seed, overrides=over,
-                                           method_args=method_args if method == "flux" else None))
-    folders: dict[tuple[str, str], list[Path]] = {}
-    for key, folder in zip(keys, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True):
-        folders.setdefault(key, []).append(folder)
-    return folders
+        return flux_config(method, suite, scale=scale, overrides=over, method_args=method_args if method == "flux" else None)
+
+    methods = list(methods)
+    cells = {(m, s): with_seeds([config(m, s)], seeds) for s in suites for m in methods}
+    return run_cells(cells, out_dir=out_dir, jobs=jobs, progress=progress)
 
 
 def run_variants(variants: dict[str, dict[str, Any]], suite: str = HEADLINE_SUITE, *, out_dir: str | Path,
@@ -156,16 +162,9 @@ def run_variants(variants: dict[str, dict[str, Any]], suite: str = HEADLINE_SUIT
                  jobs: int | None = None, progress: bool = False) -> dict[str, list[Path]]:
     """Run (or reuse) FLUX with each variant's ``method_args`` over ``seeds`` in one parallel grid;
     ``{variant: [run folder per seed]}`` (an empty dict is FLUX's defaults, shared with :func:`run_grid`)."""
-    names, configs = [], []
-    for name, args in variants.items():
-        for seed in seeds:
-            names.append(name)
-            configs.append(flux_config("flux", suite, scale=scale, seed=seed, overrides=overrides,
-                                       method_args=args or None))
-    folders: dict[str, list[Path]] = {}
-    for name, folder in zip(names, run_configs(configs, out_dir=out_dir, jobs=jobs, progress=progress), strict=True):
-        folders.setdefault(name, []).append(folder)
-    return folders
+    cells = {name: with_seeds([flux_config("flux", suite, scale=scale, overrides=overrides, method_args=args or None)],
+                              seeds) for name, args in variants.items()}
+    return run_cells(cells, out_dir=out_dir, jobs=jobs, progress=progress)
 
 
 def label(method: str) -> str:
@@ -173,19 +172,33 @@ def label(method: str) -> str:
     return f"{method} (outside the paper)" if method in OUTSIDE_PAPER else method
 
 
-def by_seed(folders: Sequence[str | Path]) -> dict[int, Path]:
-    """Run folders keyed by their seed."""
-    return {seed_of(f): Path(f) for f in folders}
+def timed_rounds(folder: str | Path, network_mbit: float | None = None) -> list[dict[str, Any]]:
+    """The run's round records, with ``sim_time`` as recorded or, at ``network_mbit`` (both links of every client
+    at that rate, Mbit/s), re-priced round by round (:func:`repriced_round_seconds`): the same rounds and scores
+    on another network, exact because nothing but the transfers depends on it."""
+    rounds = load_rounds(folder)
+    if network_mbit is None:
+        return rounds
+    from fedmoe.fl.devices import MBIT_S
+
+    rate, server = network_mbit * MBIT_S, load_config_dict(folder)["cost"]["server_seconds"]
+    shift, out = 0.0, []
+    for rec in rounds:
+        if rec["round"] > 0:
+            shift += repriced_round_seconds(rec, server, net_up=rate, net_down=rate) - rec["round_seconds"]
+        out.append({**rec, "sim_time": rec["sim_time"] + shift})
+    return out
 
 
-def _end_time(folder: str | Path) -> float:
-    return float(load_rounds(folder)[-1]["sim_time"])
+def _end_time(folder: str | Path, network_mbit: float | None = None) -> float:
+    return float(timed_rounds(folder, network_mbit)[-1]["sim_time"])
 
 
-def horizon(runs: dict[str, str | Path], paper_methods: Sequence[str] = PAPER_METHODS) -> float:
+def horizon(runs: dict[str, str | Path], paper_methods: Sequence[str] = PAPER_METHODS,
+            network_mbit: float | None = None) -> float:
     """The equal simulated-time horizon of one seed: the last ``sim_time`` every paper method's run reaches
     (``runs``: method -> that seed's run folder; methods outside the paper do not set it)."""
-    ends = [_end_time(runs[m]) for m in paper_methods if m in runs]
+    ends = [_end_time(runs[m], network_mbit) for m in paper_methods if m in runs]
     if not ends:
         raise ValueError(f"no paper method among {sorted(runs)}; the horizon needs at least one of {paper_methods}")
     return min(ends)
@@ -208,10 +221,10 @@ class Time:
     censored: bool = False
 
 
-def time_to_target(folder: str | Path, target: float, horizon_s: float) -> Time:
+def time_to_target(folder: str | Path, target: float, horizon_s: float, network_mbit: float | None = None) -> Time:
     """First trained round (>= 1) within ``horizon_s`` scoring at least ``target``; censored at
-    ``min(horizon_s, the run's last sim_time)`` when there is none."""
-    rounds = load_rounds(folder)
+    ``min(horizon_s, the run's last sim_time)`` when there is none (times re-priced at ``network_mbit``)."""
+    rounds = timed_rounds(folder, network_mbit)
     for rec in rounds:
         if rec["round"] >= 1 and "score" in rec and rec["sim_time"] <= horizon_s and rec["score"] >= target:
             return Time(float(rec["sim_time"]))
@@ -306,18 +319,19 @@ class SuiteResult:
 
 
 def suite_result(folders: dict[tuple[str, str], list[Path]], suite: str, *, flux: str = "flux",
-                 reference: str = "fmd", fraction: float = TARGET_FRACTION) -> SuiteResult:
-    """Horizon, target, times and speedups of ``suite`` from the grid's run folders (see the module docstring)."""
+                 reference: str = "fmd", fraction: float = TARGET_FRACTION,
+                 network_mbit: float | None = None) -> SuiteResult:
+    """Horizon, target, times and speedups of ``suite`` from the grid's run folders (see the module docstring),
+    with every run's times as recorded or re-priced at ``network_mbit`` (:func:`timed_rounds`; a run that would
+    have fitted more rounds into its time budget on a faster network is censored at its last recorded round)."""
     methods = [m for (m, s) in folders if s == suite]
-    runs = {m: by_seed(folders[m, suite]) for m in methods}
-    seeds = sorted(runs[flux])
-    for m in methods:
-        if sorted(runs[m]) != seeds:
-            raise ValueError(f"{suite}: {m} has seeds {sorted(runs[m])}, FLUX {seeds}; run every method on the "
-                             "same seeds first")
-    horizons = {s: horizon({m: runs[m][s] for m in methods}) for s in seeds}
-    targets = {s: target_for(runs[reference][s], fraction) for s in seeds}
-    times = {m: {s: time_to_target(runs[m][s], targets[s], horizons[s]) for s in seeds} for m in methods}
+    pairs = paired_by_seed(*(folders[m, suite] for m in methods), what=f"{suite}: {', '.join(methods)}")
+    runs = {seed: dict(zip(methods, fs, strict=True)) for seed, *fs in pairs}  # seed -> method -> run folder
+    seeds = list(runs)
+    horizons = {s: horizon(runs[s], network_mbit=network_mbit) for s in seeds}
+    targets = {s: target_for(runs[s][reference], fraction) for s in seeds}
+    times = {m: {s: time_to_target(runs[s][m], targets[s], horizons[s], network_mbit) for s in seeds}
+             for m in methods}
     speedups = {m: speedup_interval([ratio(times[m][s], times[flux][s]) for s in seeds])
                 for m in methods if m != flux}
     paper = [m for m in PAPER_BASELINES if m in times]
@@ -393,6 +407,22 @@ def targets(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLINE_SU
             note=f"{sp.kind}; target {result.target.format()} points (base + 90% of FMD's gain); equal horizon "
                  f"{result.horizon.mean:.0f} simulated s"))
     rows.append(_CLAIM["overhead"].row(overhead, **common))
+    return rows + network_targets(folders, suite)
+
+
+def network_targets(folders: dict[tuple[str, str], list[Path]], suite: str = HEADLINE_SUITE,
+                    rates_mbit: Sequence[float] = NETWORK_MBIT) -> list[TargetRow]:
+    """The time-to-accuracy claims mapped over the network (:data:`NETWORK_MBIT`): the same runs re-priced at
+    each rate (:func:`suite_result` with ``network_mbit``), so where the claim holds is read off one set of runs."""
+    where, command = _benchmark(folders, suite)
+    n, scale = len(folders["flux", suite]), scale_of(folders)
+    rows = []
+    for key in ("best", "slowest"):
+        for mbit in rates_mbit:
+            sp = suite_result(folders, suite, network_mbit=mbit).speedups[key]
+            rows.append(_CLAIM[f"speedup-{key}-network"].row(
+                sp.interval, command=command, seeds=n, run_scale=scale, bound=speedup_bound(sp), axis_value=mbit,
+                where=f"{where}, {mbit:g} Mbit/s", note=sp.kind))
     return rows
 
 
@@ -609,15 +639,11 @@ def stale_profiling_effect(stale: Sequence[str | Path], fresh: Sequence[str | Pa
     (mean simulated round of each run) and the staleness error of the stale runs (the relative L1 distance
     between the stale and the current profile), each with its interval over seeds (the error's is undefined
     when a run has no second round)."""
-    stale_by, fresh_by = by_seed(stale), by_seed(fresh)
-    if set(stale_by) != set(fresh_by):
-        raise ValueError(f"stale and fresh runs must share seeds, got {sorted(stale_by)} and {sorted(fresh_by)}")
-    seeds = sorted(stale_by)
-    saving = [1.0 - diagnostics(stale_by[s])["round_seconds"] / diagnostics(fresh_by[s])["round_seconds"]
-              for s in seeds]
-    errors = [diagnostics(stale_by[s])["stale_error"] for s in seeds]
+    pairs = [(diagnostics(a), diagnostics(b)) for _, a, b in paired_by_seed(stale, fresh, what="stale against fresh")]
+    saving = [1.0 - a["round_seconds"] / b["round_seconds"] for a, b in pairs]
+    errors = [a["stale_error"] for a, _ in pairs]
     # a run of one round has no stale profile to measure: its error is unknown, and so is the interval
-    stale_error = mean_ci(errors) if np.isfinite(errors).all() else Interval(math.nan, math.nan, math.nan, len(seeds))
+    stale_error = mean_ci(errors) if np.isfinite(errors).all() else Interval(math.nan, math.nan, math.nan, len(pairs))
     return {"round_time_saving": mean_ci(saving), "stale_error": stale_error}
 
 
@@ -646,7 +672,7 @@ def eps_targets(ramp: Sequence[str | Path], fixed: dict[float, Sequence[str | Pa
     """The paper's eps-schedule claim as report rows: the ramp's final score minus each fixed eps's, paired over
     seeds and test items, must be > 0 (the paper reports that the ramp beat both, size unknown)."""
     scale = scale_of(ramp)
-    return [_CLAIM["eps-ramp"].row(compare(ramp, runs).difference, command=ABLATION_COMMAND, seeds=len(by_seed(runs)),
+    return [_CLAIM["eps-ramp"].row(compare(ramp, runs).difference, command=ABLATION_COMMAND, seeds=len(runs),
                                    run_scale=scale, axis_value=eps, where=f"{eps:g}")
             for eps, runs in sorted(fixed.items())]
 
@@ -660,13 +686,24 @@ def round_time_ratios(runs: dict[tuple[str, int], Sequence[str | Path]], baselin
     with its interval over seeds (``runs`` maps ``(method, clients)`` to the seeds' run folders)."""
     out = {}
     for n in sorted({n for _, n in runs}):
-        flux_by, base_by = by_seed(runs[flux, n]), by_seed(runs[baseline, n])
-        if set(flux_by) != set(base_by):
-            raise ValueError(f"{n} clients: {flux} and {baseline} must share seeds, got {sorted(flux_by)} and "
-                             f"{sorted(base_by)}; run the missing seeds first")
-        out[n] = mean_ci([diagnostics(base_by[s])["round_seconds"] / diagnostics(flux_by[s])["round_seconds"]
-                          for s in sorted(flux_by)])
+        pairs = paired_by_seed(runs[flux, n], runs[baseline, n], what=f"{n} clients: {flux} and {baseline}")
+        out[n] = mean_ci([diagnostics(b)["round_seconds"] / diagnostics(f)["round_seconds"] for _, f, b in pairs])
     return out
+
+
+def run_scalability(sizes: Iterable[int], suite: str = HEADLINE_SUITE, *, methods: Iterable[str] = ("flux", "fmd"),
+                    out_dir: str | Path, scale: str = "default", seeds: Sequence[int] = (0,),
+                    overrides: dict[str, Any] | None = None, jobs: int | None = None,
+                    progress: bool = False) -> dict[tuple[str, int], list[Path]]:
+    """Run (or reuse) every method with all of ``n`` clients taking part, for each ``n`` in ``sizes``, in one
+    parallel grid; ``{(method, n): [run folder per seed]}`` (judged by :func:`scalability_targets`)."""
+    def config(method: str, n: int):
+        return flux_config(method, suite, scale=scale,
+                           overrides={**(overrides or {}), "fed.num_clients": n, "fed.clients_per_round": n})
+
+    methods = list(methods)
+    cells = {(m, n): with_seeds([config(m, n)], seeds) for n in sizes for m in methods}
+    return run_cells(cells, out_dir=out_dir, jobs=jobs, progress=progress)
 
 
 def scalability_targets(runs: dict[tuple[str, int], Sequence[str | Path]]) -> list[TargetRow]:

@@ -1,6 +1,7 @@
 """Run a grid of experiments (methods x settings x seeds) in parallel worker processes.
 
-A study is a list of :class:`~fedmoe.config.RunConfig`; :func:`run_configs` runs each distinct one once
+A study is a dict of cells, ``{cell: [RunConfig per seed]}`` (:func:`with_seeds`), run by :func:`run_cells` (every
+study's grid goes through it) in one :func:`run_configs` call, which runs each distinct config once
 (configs with the same digest are one run), reuses finished run folders, pretrains every zoo model the grid
 needs once in this process before any worker starts (so workers never race to pretrain), and spreads the
 rest over ``jobs`` processes with one torch thread each, behind one progress bar. Each run is an ordinary
