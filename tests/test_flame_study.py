@@ -9,7 +9,7 @@ import yaml
 
 from fedmoe.stats import FAILED, MET, UNRESOLVED, Interval
 from fedmoe.studies import flame as ex
-from fedmoe.studies.evidence import seed_of
+from fedmoe.studies.evidence import Comparison, seed_of
 
 
 def _runs(fake_run, root, per_seed_rounds):
@@ -135,7 +135,8 @@ def test_long_horizon_targets_average_the_last_two_evaluations(tmp_path, fake_ru
         for method in ex.LONG_METHODS:
             curve = [zeros, ones, halves] if method == "flame" else [zeros, halves, halves]
             folders[method, setting] = _runs(fake_run, tmp_path / setting / method, [curve] * 3)
-    premise = ex.CLAIMS[0].precondition(Interval(0.05, 0.02, 0.08, 3))
+    held = Comparison(Interval(0.05, 0.02, 0.08, 3), "leads")
+    premise = ex.preconditions({"rank-costs": held, "top-k-cheaper": held})
     final = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS, premise, deployed=False)}
     long = {r.target: r for r in ex.targets(folders, ex.LONG_SETTINGS, premise, last=2, horizon="24 rounds",
                                             deployed=False)}
@@ -147,8 +148,12 @@ def test_long_horizon_targets_average_the_last_two_evaluations(tmp_path, fake_ru
     row = long["FLAME beats the best heterogeneous-LoRA baseline (heavy-tail, 24 rounds)"]
     assert row.measured.mean == pytest.approx(0.25) and row.verdict == MET and "last 2 evaluations" in row.note
     assert long["FLAME's lead grows from homogeneous to heavy-tail (24 rounds)"].measured.mean == 0.0
-    failed = ex.CLAIMS[0].precondition(Interval(-0.05, -0.08, -0.02, 3))
-    assert {r.verdict for r in ex.targets(folders, ex.LONG_SETTINGS, failed, deployed=False)} == {"NOT TESTABLE"}
+    # a setting where activating fewer experts costs more than a lower rank cannot show FLAME's mechanism
+    failed = ex.preconditions({"rank-costs": held,
+                               "top-k-cheaper": Comparison(Interval(-0.05, -0.08, -0.02, 3), "trails")})
+    judged = ex.targets(folders, ex.LONG_SETTINGS, failed, deployed=False)
+    assert {r.verdict for r in judged} == {"NOT TESTABLE"}
+    assert all([p.verdict for p in r.preconditions] == [MET, FAILED] for r in judged)
 
 
 def test_long_horizon_configs_run_three_times_the_rounds_in_their_own_folders():
@@ -194,3 +199,17 @@ def test_sampling_and_variant_grids_run_in_one_parallel_call_each(tmp_path, monk
     assert list(variants) == list(ex.RESCALERS) and len(calls) == 2
     assert [(c.method_args["rescaler"], c.cost.fleet, c.seed) for c in calls[1]] == [
         (r, "heavy-tail", s) for r in ex.RESCALERS for s in (0, 1)]
+
+
+def test_the_top_k_premise_scores_the_full_rank_weights_at_the_weakest_top_k(tmp_path):
+    """Smoke FedIT runs: the premise pairs the full-rank model at the weakest tier's top-k (through FLAME's starting
+    rescaler, cached per run) with FedIT trained at the weakest rank; rows and preconditions follow the claims."""
+    premises = ex.premise_comparisons(out_dir=tmp_path, scale="smoke", seeds=[0, 1], jobs=1)
+    assert set(premises) == set(ex.PREMISES)
+    cached = sorted(tmp_path.glob("*/top_k_tier*.json"))
+    assert len(cached) == 2
+    record = json.loads(cached[0].read_text())
+    assert record["top_k"] < record["full_top_k"] and len(record["item_scores"]) == premises["top-k-cheaper"].difference.n
+    rows = ex.precondition_rows(premises, 2)
+    assert [r.claim for r in rows] == list(ex.PREMISES) and all(r.target.startswith("precondition: ") for r in rows)
+    assert [p.statement for p in ex.preconditions(premises)] == [r.target for r in rows]

@@ -128,3 +128,13 @@ def test_late_gain_pairs_the_final_round_with_the_round_at_two_thirds(tmp_path, 
         late_gain([fake_run(tmp_path / "short", 0, [[0, 0], [1, 1]])], fraction=0.9)
     with pytest.raises(ValueError, match="fraction must lie in"):
         late_gain(runs, fraction=1.0)
+
+
+def test_notebook_setup_fills_the_defaults_and_prints_the_banner(tmp_path, capsys):
+    from fedmoe.studies.grid import notebook_setup, seeds_for
+
+    out, figures, report, seeds = notebook_setup("smoke", None, tmp_path, None, None, "flame")
+    assert (out, figures, report) == (tmp_path, tmp_path / "figures" / "flame", tmp_path / "report")
+    assert seeds == list(seeds_for("smoke")) and "plumbing check" in capsys.readouterr().out
+    assert notebook_setup("default", [3], tmp_path, tmp_path / "f", tmp_path / "r")[1:] == (tmp_path / "f",
+                                                                                          tmp_path / "r", [3])

@@ -67,16 +67,20 @@ CLAIMS = (
     Claim("rank-costs", "FLAME", "precondition: rank compression costs FedIT", "ours (FLAME's premise: a compressed, "
           "lower-rank LoRA loses information)", _SCORE, "FedIT full rank - FedIT at the weakest tier's rank, "
           "homogeneous fleet, paired over seeds and test items", Goal(">", 0.0), GLOBAL),
+    Claim("top-k-cheaper", "FLAME", "precondition: fewer experts cost FedIT less than a lower rank",
+          "ours (FLAME's premise: a weak client loses less by activating fewer experts than by a lower rank)",
+          _SCORE, "FedIT's full-rank model at the weakest tier's top-k (through FLAME's starting rescaler) - FedIT "
+          "at the weakest tier's rank, homogeneous fleet, paired over seeds and test items", Goal(">", 0.0), GLOBAL),
     Claim("lead", "FLAME", "FLAME beats the best heterogeneous-LoRA baseline", "abstract", _SCORE,
           "FLAME - the baseline with the best mean score in the setting, paired over seeds and test items",
-          Goal(">", 0.0), GLOBAL, preconditions=("rank-costs",), axis="compute setting"),
+          Goal(">", 0.0), GLOBAL, preconditions=("rank-costs", "top-k-cheaper"), axis="compute setting"),
     Claim("lead-deployed", "FLAME", "FLAME beats the best heterogeneous-LoRA baseline on what clients deploy",
           "abstract", "|D_i|-weighted mean of the clients' deployed models' scores, points",
           "FLAME - the baseline with the best mean deployed score in the setting, paired over seeds and test items",
-          Goal(">", 0.0), DEPLOYED, preconditions=("rank-costs",), axis="compute setting"),
+          Goal(">", 0.0), DEPLOYED, preconditions=("rank-costs", "top-k-cheaper"), axis="compute setting"),
     Claim("lead-grows", "FLAME", "FLAME's lead grows from homogeneous to heavy-tail", "abstract (resource-adaptive)",
           _SCORE, "(lead in heavy-tail) - (lead in homogeneous), paired over seeds and test items", Goal(">", 0.0),
-          GLOBAL, preconditions=("rank-costs",)),
+          GLOBAL, preconditions=("rank-costs", "top-k-cheaper")),
     Claim("no-collapse", "FLAME", "no collapse: ends near its best round", OURS, _SCORE,
           "final - best evaluated round, paired per seed and item", Goal(">", -0.05), GLOBAL),
     Claim("rescaler-learnable", "FLAME", "learnable rescaler beats fixed", "paper (rescaling)", _SCORE,
@@ -226,16 +230,68 @@ def tier_costs(runs: dict[str, str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
-def precondition(comparison: Comparison) -> Precondition:
-    """The measured premise (claim ``rank-costs``): full rank minus weakest rank must be positive, else the
-    FLAME-vs-baseline claims are NOT TESTABLE in this study."""
-    return _CLAIM["rank-costs"].precondition(comparison.difference)
+#: The study's premises, in the order its claims name them.
+PREMISES = ("rank-costs", "top-k-cheaper")
 
 
-def precondition_row(comparison: Comparison, seeds: int) -> TargetRow:
-    """The premise as its own report row."""
-    return _CLAIM["rank-costs"].row(comparison.difference, command=COMMAND, seeds=seeds,
-                                    run_scale=comparison.run_scale)
+def weakest_top_k_scores(folder: str | Path, tier: int) -> dict[str, Any]:
+    """A finished full-rank FedIT run's final model scored on its test set at the top-k of a FLAME client of
+    ``tier`` (the halving ladder from the model's top-k), through the rescaler such a client starts with (FLAME's
+    defaults: calibrated on client 0's first examples when the routers do not renormalise): what a weak client
+    would lose by activating fewer experts instead of training a lower rank. Cached as
+    ``<folder>/top_k_tier<tier>.json``."""
+    from fedmoe.data.collate import collate_train
+    from fedmoe.methods.flame.method import FlameArgs
+    from fedmoe.methods.flame.rescaler import Rescaler, start_scales
+    from fedmoe.moe.layers import set_top_k, unwrap
+
+    def compute() -> dict[str, Any]:
+        cfg, fed, server = final_server(folder, "fedit")
+        model, args = server.eval_model(), FlameArgs()
+        full = int(unwrap(model).config.num_experts_per_tok)
+        top_k = ladder(full, tier)
+        batch = collate_train(fed.tokenizer, fed.client_data(0)[: args.calibration_examples], cfg.fed.max_length)
+        scales = start_scales(model, args.rescaler_init, full, top_k, batch, per_layer=args.rescaler_per_layer)
+        set_top_k(model, top_k)
+        with Rescaler(scales, trainable=False).applied(model):
+            scores = evaluate_on(cfg, fed, model, fed.test_set)
+        return {"tier": tier, "top_k": top_k, "full_top_k": full, "scales": scales, **scores}
+
+    return cached_json(Path(folder) / f"top_k_tier{tier}.json", compute)
+
+
+def premise_comparisons(*, out_dir: str | Path, scale: str = "default", seeds: Sequence[int] = (0,),
+                        overrides: dict[str, Any] | None = None, jobs: int | None = None,
+                        progress: bool = False) -> dict[str, Comparison]:
+    """The two premises, measured before FLAME is compared (``{claim key: comparison}``, paired over seeds and
+    items): ``rank-costs`` (:func:`rank_precondition`) and ``top-k-cheaper``, FedIT's full-rank model at the
+    weakest tier's top-k (:func:`weakest_top_k_scores`) minus FedIT trained at the weakest tier's rank: the two
+    ways a weak client can spend its budget, from the same homogeneous runs."""
+    import functools
+
+    rank, runs = rank_precondition(out_dir=out_dir, scale=scale, seeds=seeds, overrides=overrides, jobs=jobs,
+                                   progress=progress)
+    weak_cfg = make_config("flame", "heavy-tail", scale=scale, overrides=overrides)
+    tier = max(setting_tiers(weak_cfg, weak_cfg.method_args))
+    score = functools.partial(weakest_top_k_scores, tier=tier)
+    compute_all(score, runs["full"], f"top_k_tier{tier}.json", jobs, progress)
+    pairs = paired_by_seed(runs["full"], runs["weakest"], what="the top-k premise")
+    fewer = np.stack([score(full)["item_scores"] for _, full, _ in pairs])
+    lower = np.stack([item_scores(weak) for _, _, weak in pairs])
+    diff = paired_difference(fewer, lower)
+    return {"rank-costs": rank,
+            "top-k-cheaper": Comparison(diff, verdict(diff), scale_of([*runs["full"], *runs["weakest"]]))}
+
+
+def preconditions(comparisons: dict[str, Comparison]) -> tuple[Precondition, ...]:
+    """The measured premises as preconditions of FLAME's claims (any FAILED: those claims are NOT TESTABLE)."""
+    return tuple(_CLAIM[key].precondition(comparisons[key].difference) for key in PREMISES)
+
+
+def precondition_rows(comparisons: dict[str, Comparison], seeds: int) -> list[TargetRow]:
+    """The premises as their own report rows."""
+    return [_CLAIM[key].row(comparisons[key].difference, command=COMMAND, seeds=seeds,
+                            run_scale=comparisons[key].run_scale) for key in PREMISES]
 
 
 def best_baseline(folders: dict[tuple[str, str], list[Path]], setting: str, last: int = 1) -> str:
@@ -250,7 +306,7 @@ def lead(folders: dict[tuple[str, str], list[Path]], setting: str, last: int = 1
 
 
 def deployed_lead_targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str],
-                          premise: Precondition, command: str = COMMAND, horizon: str = "",
+                          premises: Sequence[Precondition], command: str = COMMAND, horizon: str = "",
                           jobs: int | None = None, progress: bool = False) -> list[TargetRow]:
     """FLAME's lead under the deployed protocol: every method scored on what its clients deploy (FLAME's tier
     models, HetLoRA's truncated and FlexLoRA's SVD copies, FedIT's and FLoRA's global model), the best baseline
@@ -265,7 +321,7 @@ def deployed_lead_targets(folders: dict[tuple[str, str], list[Path]], settings: 
         rows.append(_CLAIM["lead-deployed"].row(diff, command=command, seeds=len(folders["flame", setting]),
                                                 run_scale=scale, axis_value=setting,
                                                 where=", ".join(t for t in (setting, horizon) if t),
-                                                preconditions=(premise,), note=f"best baseline {best}"))
+                                                preconditions=tuple(premises), note=f"best baseline {best}"))
     return rows
 
 
@@ -304,13 +360,13 @@ def gap_anatomy(folders: dict[tuple[str, str], list[Path]], settings: Iterable[s
     return out
 
 
-def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], premise: Precondition,
+def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], premises: Sequence[Precondition],
             last: int = 1, horizon: str = "", command: str = COMMAND, deployed: bool = True,
             jobs: int | None = None, progress: bool = False) -> list[TargetRow]:
     """FLAME's claims as report rows: it leads the best baseline in every setting (an axis) on the global models
     and, with ``deployed``, on what each method's clients deploy (:func:`deployed_lead_targets`, final round;
     scored in ``jobs`` processes), and its lead grows with heterogeneity (homogeneous -> heavy-tail), each judged
-    on its paired interval and NOT TESTABLE where the ``premise`` (:func:`precondition`) FAILED (``horizon``: e.g.
+    on its paired interval and NOT TESTABLE where a premise (:func:`preconditions`) FAILED (``horizon``: e.g.
     "24 rounds", names a long-horizon check scored over each run's last ``last`` evaluations; ``command``: the one
     that regenerates the rows)."""
     settings = list(settings)
@@ -318,16 +374,16 @@ def targets(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str],
     scale = scale_of(folders)
     rows = [_CLAIM["lead"].row(lead(folders, setting, last).difference, command=command,
                                seeds=len(folders["flame", setting]), run_scale=scale, axis_value=setting,
-                               where=", ".join(t for t in (setting, horizon) if t), preconditions=(premise,),
+                               where=", ".join(t for t in (setting, horizon) if t), preconditions=tuple(premises),
                                note="; ".join(t for t in (f"best baseline {best_baseline(folders, setting, last)}",
                                                           scored) if t))
             for setting in settings]
     if {"homogeneous", "heavy-tail"} <= set(settings):
         rows.append(_CLAIM["lead-grows"].row(lead_growth(folders, last=last).difference, command=command,
                                              seeds=len(folders["flame", "heavy-tail"]), run_scale=scale,
-                                             where=horizon, preconditions=(premise,), note=scored))
+                                             where=horizon, preconditions=tuple(premises), note=scored))
     if deployed:
-        rows += deployed_lead_targets(folders, settings, premise, command, horizon, jobs, progress)
+        rows += deployed_lead_targets(folders, settings, premises, command, horizon, jobs, progress)
     return rows
 
 
@@ -342,12 +398,13 @@ def long_configs(*, scale: str = "default", seeds: Sequence[int] = (0,), overrid
             for s in LONG_SETTINGS for m in LONG_METHODS}
 
 
-def long_targets(folders: dict[tuple[str, str], list[Path]], premise: Precondition, deployed: bool = True,
+def long_targets(folders: dict[tuple[str, str], list[Path]], premises: Sequence[Precondition],
+                 deployed: bool = True,
                  jobs: int | None = None, progress: bool = False) -> list[TargetRow]:
     """:func:`targets` judged on the long-horizon check (:func:`run_long`), each run scored over its last
     :data:`~fedmoe.studies.grid.LONG_LAST` evaluations (the deployed protocol: on its final round)."""
     rounds = load_config_dict(folders["flame", LONG_SETTINGS[0]][0])["fed"]["rounds"]
-    return targets(folders, LONG_SETTINGS, premise, last=LONG_LAST, horizon=f"{rounds} rounds", command=LONG_COMMAND,
+    return targets(folders, LONG_SETTINGS, premises, last=LONG_LAST, horizon=f"{rounds} rounds", command=LONG_COMMAND,
                    deployed=deployed, jobs=jobs, progress=progress)
 
 
@@ -482,9 +539,9 @@ def deployed_targets(flame_runs: Sequence[Path], baseline_runs: Sequence[Path], 
     return rows
 
 
-def _premise(scale: str, seeds: Sequence[int], out_dir: str | Path, jobs: int | None, progress: bool
-             ) -> Comparison:
-    return rank_precondition(out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)[0]
+def _premises(scale: str, seeds: Sequence[int], out_dir: str | Path, jobs: int | None, progress: bool
+              ) -> dict[str, Comparison]:
+    return premise_comparisons(out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)
 
 
 def _score_table(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], methods: Iterable[str],
@@ -499,9 +556,9 @@ def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | 
           progress: bool = True) -> Outcome:
     """The compute-settings study (report section ``flame``): the premise, then FLAME's lead in every setting."""
     folders = run_grid(METHODS, SETTINGS, out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)
-    pre = _premise(scale, seeds, out_dir, jobs, progress)
-    rows = [precondition_row(pre, len(seeds)),
-            *targets(folders, SETTINGS, precondition(pre), jobs=jobs, progress=progress)]
+    pre = _premises(scale, seeds, out_dir, jobs, progress)
+    rows = [*precondition_rows(pre, len(seeds)),
+            *targets(folders, SETTINGS, preconditions(pre), jobs=jobs, progress=progress)]
     return Outcome("flame", rows, [head_to_head_row(m, folders[m, "uniform"]) for m in METHODS],
                    [_score_table(folders, SETTINGS, METHODS, seeds)])
 
@@ -511,7 +568,7 @@ def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: i
     """The long-horizon check (report section ``flame-long``): FLAME's claims at 3x the rounds and each weak
     tier's own model against both global models."""
     long = run_long(out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)
-    rows = long_targets(long, precondition(_premise(scale, seeds, out_dir, jobs, progress)), jobs=jobs,
+    rows = long_targets(long, preconditions(_premises(scale, seeds, out_dir, jobs, progress)), jobs=jobs,
                         progress=progress)
     rounds = load_config_dict(long["flame", "heavy-tail"][0])["fed"]["rounds"]
     best = best_baseline(long, "heavy-tail", LONG_LAST)

@@ -139,3 +139,15 @@ def _prepare_models(configs: Iterable[RunConfig], *, progress: bool) -> None:
         if key not in seen and not cfg.model.path:
             seen.add(key)
             load_base_model(cfg.model, seed=cfg.data_seed, progress=progress)
+
+
+def notebook_setup(scale: str, seeds: Sequence[int] | None, out_dir: str | Path | None,
+                   figures_dir: str | Path | None, report_dir: str | Path | None, subfolder: str = ""
+                   ) -> tuple[Path, Path, Path, list[int]]:
+    """The setup every study notebook shares, from its papermill parameters: ``(out_dir, figures, report_dir,
+    seeds)`` with the defaults (run folders in ``<repo>/results``, figures in ``<out_dir>/figures/<subfolder>``, the
+    report section in ``<out_dir>/report``, the scale's seeds), after printing the scale's banner."""
+    out = Path(out_dir or Path(__file__).resolve().parents[2] / "results")
+    figures = Path(figures_dir or out / "figures") / subfolder
+    print_scale_banner(scale)
+    return out, figures, Path(report_dir or out / "report"), list(seeds or seeds_for(scale))
