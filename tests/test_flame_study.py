@@ -213,3 +213,12 @@ def test_the_top_k_premise_scores_the_full_rank_weights_at_the_weakest_top_k(tmp
     rows = ex.precondition_rows(premises, 2)
     assert [r.claim for r in rows] == list(ex.PREMISES) and all(r.target.startswith("precondition: ") for r in rows)
     assert [p.statement for p in ex.preconditions(premises)] == [r.target for r in rows]
+
+
+def test_the_granularity_study_maps_the_top_k_premise_over_zoo_models(tmp_path):
+    """At smoke every zoo model is the scale's own: one point of the map, labelled with it, in its own section."""
+    outcome = ex.granularity_study("smoke", [0, 1], out_dir=tmp_path, jobs=1, progress=False)
+    (row,) = outcome.rows
+    assert outcome.section == "flame-granularity" and row.axis == "zoo model" and row.axis_value == "smoke"
+    assert row.claim == "top-k-cheaper-by-granularity" and "rank costs" in outcome.tables[0]
+    assert ex.GRANULARITIES == ("default-top4", "default-e32")

@@ -71,6 +71,10 @@ CLAIMS = (
           "ours (FLAME's premise: a weak client loses less by activating fewer experts than by a lower rank)",
           _SCORE, "FedIT's full-rank model at the weakest tier's top-k (through FLAME's starting rescaler) - FedIT "
           "at the weakest tier's rank, homogeneous fleet, paired over seeds and test items", Goal(">", 0.0), GLOBAL),
+    Claim("top-k-cheaper-by-granularity", "FLAME", "precondition by expert granularity: fewer experts cost FedIT "
+          "less than a lower rank", "ours (the paper's OLMoE-1B-7B has 64 fine-grained experts at top-8)", _SCORE,
+          "as top-k-cheaper, on zoo models of one expert budget cut into more, narrower experts",
+          Goal(">", 0.0), GLOBAL, axis="zoo model"),
     Claim("lead", "FLAME", "FLAME beats the best heterogeneous-LoRA baseline", "abstract", _SCORE,
           "FLAME - the baseline with the best mean score in the setting, paired over seeds and test items",
           Goal(">", 0.0), GLOBAL, preconditions=("rank-costs", "top-k-cheaper"), axis="compute setting"),
@@ -232,6 +236,10 @@ def tier_costs(runs: dict[str, str | Path]) -> list[dict[str, Any]]:
 
 #: The study's premises, in the order its claims name them.
 PREMISES = ("rank-costs", "top-k-cheaper")
+#: Zoo models of one expert budget at two granularities (8 x 128 wide at top-4; 32 x 32 wide at top-8, the
+#: paper's ladder 8/4/2/1 in miniature): the axis the top-k premise is mapped over.
+GRANULARITIES = ("default-top4", "default-e32")
+GRANULARITY_COMMAND = "python -m fedmoe.studies flame-granularity"
 
 
 def weakest_top_k_scores(folder: str | Path, tier: int) -> dict[str, Any]:
@@ -575,3 +583,22 @@ def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: i
     rows += deployed_targets(long["flame", "heavy-tail"], long[best, "heavy-tail"], best, "heavy-tail",
                              f"{rounds} rounds", LONG_COMMAND, jobs=jobs, progress=progress)
     return Outcome("flame-long", rows, [], [_score_table(long, LONG_SETTINGS, LONG_METHODS, seeds)])
+
+
+def granularity_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
+                      progress: bool = True) -> Outcome:
+    """The top-k premise mapped over expert granularity (report section ``flame-granularity``): where FLAME's
+    mechanism can show at all. At any other scale than default the one model is the scale's own."""
+    rows, lines = [], []
+    for zoo in GRANULARITIES if scale == "default" else (None,):
+        over = {"model.scale": zoo} if zoo else None
+        pre = premise_comparisons(out_dir=out_dir, scale=scale, seeds=seeds, overrides=over, jobs=jobs,
+                                  progress=progress)
+        name = zoo or scale
+        rows.append(_CLAIM["top-k-cheaper-by-granularity"].row(
+            pre["top-k-cheaper"].difference, command=GRANULARITY_COMMAND, seeds=len(seeds),
+            run_scale=pre["top-k-cheaper"].run_scale, axis_value=name, where=name))
+        lines.append(f"{name:<14} rank costs {pre['rank-costs'].difference.format()}  "
+                     f"fewer experts minus lower rank {pre['top-k-cheaper'].difference.format()}")
+    return Outcome("flame-granularity", rows, [], ["FLAME's premises by zoo model (points, paired)\n"
+                                                   + "\n".join(lines)])

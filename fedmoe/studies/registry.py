@@ -72,6 +72,8 @@ STUDIES = {s.name: s for s in (
           {"suites": "comma-separated suites (default: all)", "zoo_scale": "the zoo model's scale (default: the YAML's)"}),
     Study("flame", "FLAME against the heterogeneous-LoRA baselines in three compute settings, after its premise",
           "flame", "study", "notebooks/flame/01_compute_settings.ipynb"),
+    Study("flame-granularity", "FLAME's top-k premise on zoo models of one expert budget at two granularities",
+          "flame", "granularity_study", "notebooks/flame/01_compute_settings.ipynb"),
     Study("flame-long", "FLAME's compute-setting claims at 3x the rounds, and each weak tier's deployed model",
           "flame", "long_study", "notebooks/flame/04_long_horizon.ipynb"),
     Study("fftmoe", "FFT-MoE against FedIT and HetLoRA over data splits, with the attention control", "fftmoe",
