@@ -125,11 +125,12 @@ def test_scale_banner_is_one_line_at_smoke_and_classroom_only(capsys):
 
 @pytest.mark.parametrize("path", STUDY_NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_study_notebook_prints_the_scale_banner_in_its_setup(path):
+    """Through the one setup helper (``grid.notebook_setup`` prints the banner), right after the parameters."""
     import nbformat
 
     cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     setup = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])) + 1
-    assert "fedmoe.studies.grid.print_scale_banner(scale)" in cells[setup].source
+    assert "= notebook_setup(scale, seeds, out_dir, figures_dir, report_dir" in cells[setup].source
 
 
 def test_every_scale_choice_reads_the_config_scales():
