@@ -92,6 +92,17 @@ def score_interval(folders: Sequence[str | Path], last: int = 1) -> Interval:
     return mean_ci([run_score(f, last) for f in folders])
 
 
+def score_lines(grid: Mapping[tuple[str, str], Sequence[str | Path]], settings: Sequence[str],
+                methods: Sequence[str], seeds: Sequence[int]) -> str:
+    """A study's final scores as printable lines: one per setting (a split, a compute setting), each method's
+    mean and 95% interval over ``seeds`` (``grid``: ``{(method, setting): runs}``)."""
+    lines = [f"Final score of the global model, mean ± 95% CI over seeds {list(seeds)} (points)",
+             f"{'':<13} " + " ".join(f"{m:>24}" for m in methods)]
+    lines += [f"{setting:<13} " + " ".join(f"{score_interval(grid[m, setting]).format():>24}" for m in methods)
+              for setting in settings]
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """``a - b`` in score units (paired over seeds and items), its verdict for ``a`` and the scale of the runs

@@ -46,6 +46,7 @@ from fedmoe.studies.evidence import (
     run_score,
     scale_of,
     score_interval,
+    score_lines,
 )
 from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, with_seeds
 from fedmoe.studies.registry import Outcome
@@ -519,14 +520,6 @@ def head_to_head(folders: dict[Cell, list[Path]]) -> list[HeadToHeadRow]:
     return rows
 
 
-def _table(folders: dict[Cell, list[Path]], seeds: Sequence[int], splits: Sequence[str] = tuple(SPLITS)) -> str:
-    lines = [f"Final score of the global model, mean ± 95% CI over seeds {list(seeds)} (points)",
-             f"{'split':<13} " + " ".join(f"{m:>24}" for m in METHODS)]
-    lines += [f"{split:<13} " + " ".join(f"{row[m].format():>24}" for m in METHODS)
-              for split, row in score_table(folders, splits).items()]
-    return "\n".join(lines)
-
-
 def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
           progress: bool = True) -> Outcome:
     """The split study (report section ``fftmoe``) with the attention control beside it."""
@@ -536,11 +529,11 @@ def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | 
     lines = "\n".join(f"{name} {c.difference.format()} points ({c.verdict})" for name, c in control.items())
     return Outcome("fftmoe", targets(folders, jobs=jobs, progress=progress), head_to_head(folders),
                    [f"Tuning on the validation split ({HEAD_TO_HEAD_SPLIT}; * chosen)\n{tuning_table(tuned)}",
-                    _table(folders, seeds), f"Attention control ({HEAD_TO_HEAD_SPLIT}, paired)\n{lines}"])
+                    score_lines(folders, list(SPLITS), METHODS, seeds), f"Attention control ({HEAD_TO_HEAD_SPLIT}, paired)\n{lines}"])
 
 
 def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
                progress: bool = True) -> Outcome:
     """The long-horizon check (report section ``fftmoe-long``)."""
     long = run_long(scale, seeds, out_dir=out_dir, jobs=jobs, progress=progress)
-    return Outcome("fftmoe-long", long_targets(long), [], [_table(long, seeds, LONG_SPLITS)])
+    return Outcome("fftmoe-long", long_targets(long), [], [score_lines(long, LONG_SPLITS, METHODS, seeds)])

@@ -37,6 +37,7 @@ from fedmoe.studies.evidence import (
     paired_by_seed,
     scale_of,
     score_interval,
+    score_lines,
 )
 from fedmoe.studies.grid import LONG_LAST, long_horizon, run_cells, with_seeds
 from fedmoe.studies.registry import Outcome
@@ -552,14 +553,6 @@ def _premises(scale: str, seeds: Sequence[int], out_dir: str | Path, jobs: int |
     return premise_comparisons(out_dir=out_dir, scale=scale, seeds=seeds, jobs=jobs, progress=progress)
 
 
-def _score_table(folders: dict[tuple[str, str], list[Path]], settings: Iterable[str], methods: Iterable[str],
-                 seeds: Sequence[int]) -> str:
-    lines = [f"Final score, mean ± 95% CI over seeds {list(seeds)} (points)"]
-    lines += [f"{setting:<12} " + "  ".join(f"{m} {score_interval(folders[m, setting]).format()}" for m in methods)
-              for setting in settings]
-    return "\n".join(lines)
-
-
 def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
           progress: bool = True) -> Outcome:
     """The compute-settings study (report section ``flame``): the premise, then FLAME's lead in every setting."""
@@ -568,7 +561,7 @@ def study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | 
     rows = [*precondition_rows(pre, len(seeds)),
             *targets(folders, SETTINGS, preconditions(pre), jobs=jobs, progress=progress)]
     return Outcome("flame", rows, [head_to_head_row(m, folders[m, "uniform"]) for m in METHODS],
-                   [_score_table(folders, SETTINGS, METHODS, seeds)])
+                   [score_lines(folders, list(SETTINGS), METHODS, seeds)])
 
 
 def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
@@ -582,7 +575,7 @@ def long_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: i
     best = best_baseline(long, "heavy-tail", LONG_LAST)
     rows += deployed_targets(long["flame", "heavy-tail"], long[best, "heavy-tail"], best, "heavy-tail",
                              f"{rounds} rounds", LONG_COMMAND, jobs=jobs, progress=progress)
-    return Outcome("flame-long", rows, [], [_score_table(long, LONG_SETTINGS, LONG_METHODS, seeds)])
+    return Outcome("flame-long", rows, [], [score_lines(long, LONG_SETTINGS, LONG_METHODS, seeds)])
 
 
 def granularity_study(scale: str, seeds: Sequence[int], *, out_dir: str | Path, jobs: int | None = None,
